@@ -1,0 +1,51 @@
+"""The ``tapcore`` command line: every step of the app runs headless.
+
+Subcommands live in ``tapcore/commands/<area>.py`` and are discovered here. Bad input raises
+``ValueError`` in the library; the CLI prints it as one clear line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+import tapcore
+import tapcore.commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tapcore",
+        description="Find cell divisions and deaths in live-cell movies with time arrow prediction (TAP) features.",
+    )
+    parser.add_argument("--version", action="version", version=f"tapcore {tapcore.__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(tapcore.commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"tapcore.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"tapcore {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tapcore {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
