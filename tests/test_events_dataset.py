@@ -1,0 +1,182 @@
+"""Crop-pair dataset: labelling criteria (incl. the paper's Table 4), splits, balance, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tapcore.events.dataset import (
+    CropPairConfig,
+    build_crop_pairs,
+    extract_crops,
+    label_coords,
+    label_pair,
+)
+
+C = 48
+
+
+def _crop(*boxes, value=1):
+    m = np.zeros((C, C), np.uint8)
+    for y0, y1, x0, x1 in boxes:
+        m[y0:y1, x0:x1] = value
+    return m
+
+
+EDGE = (0, 5, 10, 16)  # 30 px touching the top edge: below the 40 px threshold
+CENTRE = (17, 27, 17, 27)  # 100 px in the middle
+EMPTY = _crop()
+
+# the paper's Table 4: (mask t, mask t+1) -> labels under (any_both, any_either, size_either)
+TABLE4 = [
+    ("edge in both crops, under threshold", _crop(EDGE), _crop((0, 6, 12, 17)), (1, 1, 0)),
+    ("only the first crop, away from the edge", _crop(CENTRE), EMPTY, (0, 1, 1)),
+    ("only the first crop, at the edge", _crop(EDGE), EMPTY, (0, 1, 0)),
+    ("both crops, central", _crop(CENTRE), _crop((18, 28, 16, 26)), (1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", TABLE4, ids=[c[0] for c in TABLE4])
+def test_table4_cases(case):
+    _, m0, m1, expected = case
+    got = tuple(label_pair(m0, m1, crit, 40) for crit in ("any_both", "any_either", "size_either"))
+    assert got == expected
+    # labels do not depend on which of the two frames holds the annotation for the "either" criteria
+    assert label_pair(m1, m0, "any_either") == expected[1]
+    assert label_pair(m1, m0, "size_either") == expected[2]
+
+
+def test_size_threshold_is_strictly_more_than_min_area():
+    forty = _crop((10, 15, 10, 18))  # 40 px
+    assert label_pair(forty, EMPTY, "size_either", 40) == 0
+    assert label_pair(_crop((10, 15, 10, 19)), EMPTY, "size_either", 40) == 1  # 45 px
+    assert label_pair(forty, EMPTY, "size_either", 39) == 1
+    # death pixels count as events in the binary task
+    assert label_pair(_crop(CENTRE, value=2), EMPTY, "size_either") == 1
+
+
+def test_three_class_labels_and_precedence():
+    div, death = _crop(CENTRE, value=1), _crop((30, 40, 30, 40), value=2)
+    assert label_pair(div, EMPTY, task="three_class") == 1
+    assert label_pair(EMPTY, death, task="three_class") == 2
+    both = div.copy()
+    both[30:36, 30:40] = 2  # 100 division px vs 60 death px -> division
+    assert label_pair(both, EMPTY, task="three_class") == 1
+    tie = _crop((10, 15, 10, 20), value=1)
+    tie[30:35, 30:40] = 2  # 50 vs 50 -> death
+    assert label_pair(tie, EMPTY, task="three_class") == 2
+    # 25 division + 20 death px: an event by the union (45 > 40), class division
+    mixed = _crop((0, 5, 0, 5), value=1)
+    mixed[40:44, 40:45] = 2
+    assert label_pair(mixed, EMPTY, "size_either", 40, "event") == 1
+    assert label_pair(mixed, EMPTY, "size_either", 40, "three_class") == 1
+
+
+def _movie_masks(t=12, h=100, w=160, seed=0):
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((t, h, w), np.uint8)
+    for _ in range(40):
+        tt, y, x = rng.integers(0, t), rng.integers(0, h - 12), rng.integers(0, w - 12)
+        masks[tt, y:y + 12, x:x + 12] = rng.integers(1, 3)
+    return masks
+
+
+def test_label_coords_matches_label_pair():
+    masks = _movie_masks()
+    rng = np.random.default_rng(1)
+    coords = np.stack([rng.integers(0, 11, 300), rng.integers(0, 100 - C + 1, 300), rng.integers(0, 160 - C + 1, 300)], 1)
+    for crit in ("any_both", "any_either", "size_either"):
+        for task in ("event", "three_class"):
+            cfg = CropPairConfig(criterion=crit, task=task)
+            fast = label_coords(masks, coords, cfg)
+            slow = [label_pair(masks[t, y:y + C, x:x + C], masks[t + 1, y:y + C, x:x + C], crit, 40, task)
+                    for t, y, x in coords]
+            assert fast.tolist() == slow
+
+
+def test_random_split_fractions_and_balance_exact():
+    masks = _movie_masks()
+    cfg = CropPairConfig(pairs_per_frame=100, criterion="any_either", seed=3)
+    pairs = build_crop_pairs(masks, cfg)
+    total = 11 * 100
+    assert pairs.total == total
+    n_train_before = int(pairs.train_before_balance.sum())
+    assert n_train_before == 660 and len(pairs.val) == 220 and len(pairs.test) == 220
+    c = pairs.train.counts(2)
+    assert c[0] == c[1] == min(pairs.train_before_balance)  # subsampled to the minority count
+    assert 0 < min(pairs.train_before_balance) < max(pairs.train_before_balance)
+    assert len(pairs.train) == 2 * c[1]
+    # train/val/test come from one shuffled set: no pair index repeats across the three
+    all_coords = np.concatenate([pairs.train.coords, pairs.val.coords, pairs.test.coords])
+    assert all_coords[:, 0].max() <= 10 and all_coords[:, 1].max() <= 100 - C and all_coords[:, 2].max() <= 160 - C
+    # labels agree with the criterion
+    assert (label_coords(masks, pairs.test.coords, cfg) == pairs.test.labels).all()
+    # deterministic from the seed, different with another seed
+    again = build_crop_pairs(masks, cfg)
+    assert np.array_equal(again.train.coords, pairs.train.coords) and np.array_equal(again.test.labels, pairs.test.labels)
+    other = build_crop_pairs(masks, CropPairConfig(pairs_per_frame=100, criterion="any_either", seed=4))
+    assert not np.array_equal(other.test.coords, pairs.test.coords)
+
+
+def test_three_class_balance():
+    masks = _movie_masks(seed=2)
+    pairs = build_crop_pairs(masks, CropPairConfig(pairs_per_frame=200, criterion="any_either", task="three_class"))
+    c = pairs.train.counts(3)
+    assert c[0] == c[1] == c[2] == min(pairs.train_before_balance)
+    assert pairs.class_names == ["none", "division", "death"]
+
+
+def test_time_split_no_shared_frames():
+    masks = _movie_masks(t=21, seed=5)
+    pairs = build_crop_pairs(masks, CropPairConfig(pairs_per_frame=50, criterion="any_either", split="time"))
+    frames = {}
+    for name, s in (("train", pairs.train), ("val", pairs.val), ("test", pairs.test)):
+        frames[name] = set(s.coords[:, 0].tolist()) | set((s.coords[:, 0] + 1).tolist())
+    assert not frames["train"] & frames["val"] and not frames["val"] & frames["test"] and not frames["train"] & frames["test"]
+    assert pairs.split_info()["split"] == "time" and pairs.split_info()["time_ranges"]["train"] == [0, 12]
+    assert len(pairs.val) == 3 * 50 and len(pairs.test) == 3 * 50
+
+
+def test_region_split_crops_stay_in_their_band():
+    masks = _movie_masks(w=400, seed=6)
+    pairs = build_crop_pairs(masks, CropPairConfig(pairs_per_frame=100, criterion="any_either", split="region"))
+    bands = pairs.split_info()["x_bands"]
+    assert bands == {"train": [0, 240], "val": [240, 320], "test": [320, 400]}
+    for name, s in (("train", pairs.train), ("val", pairs.val), ("test", pairs.test)):
+        a, b = bands[name]
+        assert s.coords[:, 2].min() >= a and (s.coords[:, 2] + C).max() <= b
+
+
+def test_summary_table1_format():
+    pairs = build_crop_pairs(_movie_masks(), CropPairConfig(pairs_per_frame=100, criterion="any_either"))
+    s = pairs.summary()
+    assert s.loc["total crop pairs", "value"] == "1100"
+    assert s.loc["test set (positive samples)", "value"] == f"220 ({int(pairs.test.counts(2)[1])})"
+    assert s.loc["crop size", "value"] == "48*48"
+    assert s.loc["split", "value"] == "random"
+
+
+def test_errors():
+    masks = np.zeros((5, 60, 60), np.uint8)
+    masks[2, 10:12, 10:12] = 1
+    with pytest.raises(ValueError, match=r"contain \d+ event crops.*need at least.*any_either"):
+        build_crop_pairs(masks, CropPairConfig(pairs_per_frame=20))
+    with pytest.raises(ValueError, match="frames"):
+        build_crop_pairs(masks, CropPairConfig(), movie_shape=(6, 60, 60))
+    with pytest.raises(ValueError, match="smaller than the crop"):
+        build_crop_pairs(masks[:, :40], CropPairConfig())
+    with pytest.raises(ValueError, match="criterion"):
+        build_crop_pairs(masks, CropPairConfig(criterion="big"))
+    with pytest.raises(ValueError, match="fractions"):
+        build_crop_pairs(masks, CropPairConfig(fractions=(0.5, 0.2, 0.2)))
+    with pytest.raises(ValueError, match="region split"):
+        build_crop_pairs(masks, CropPairConfig(split="region"))
+
+
+def test_extract_crops_with_margin():
+    movie = np.arange(3 * 50 * 60, dtype=np.float32).reshape(3, 50, 60)
+    out = extract_crops(movie, np.array([[1, 0, 5], [0, 2, 12]]), crop=C, margin=2)
+    assert out.shape == (2, 2, 1, C + 4, C + 4)
+    assert np.array_equal(out[0, 1, 0, 2:-2, 2:-2], movie[2, 0:C, 5:5 + C])
+    assert (out[0, :, 0, :2] == 0).all()  # above the frame: zero
+    assert np.array_equal(out[1, 0, 0, 2:-2, 2:-2], movie[0, 2:2 + C, 12:12 + C])
