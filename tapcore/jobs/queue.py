@@ -1,0 +1,440 @@
+"""Persistent job queue: one SQLite file (``$TAPCORE_HOME/jobs.sqlite``) shared by app, CLI and workers.
+
+Every operation opens its own connection and runs one short transaction, so several processes
+(the app, ``tapcore submit``, one worker per GPU) can use the queue at once. Claiming a job is an
+``UPDATE ... WHERE state IN ('queued', 'interrupted')`` inside ``BEGIN IMMEDIATE``: two workers never
+get the same job, and jobs run in submission (FIFO) order.
+
+Job states::
+
+    queued -> running -> done | failed | cancelled
+                      -> interrupted (its worker died) -> running (resumed by a new worker) -> ...
+
+Each job has a run folder ``runs/<job id>/`` with ``spec.json``, ``state.json``, ``metrics.jsonl``,
+``log.txt``, ``checkpoint/`` and its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import contextmanager
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from tapcore.utils import atomic_write_json, read_json
+
+logger = logging.getLogger(__name__)
+
+STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+ACTIVE_STATES = ("queued", "running", "interrupted")
+FINAL_STATES = ("done", "failed", "cancelled")
+
+# A worker that has not written a heartbeat for this long is considered dead (seconds).
+HEARTBEAT_STALE_S = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    owner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    pid INTEGER,
+    worker TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    started REAL NOT NULL,
+    heartbeat REAL NOT NULL,
+    job TEXT
+);
+"""
+
+
+def _now() -> float:
+    return time.time()
+
+
+def iso(ts: float | None) -> str:
+    """A UNIX time as ``YYYY-MM-DD HH:MM:SS`` UTC ('' when None)."""
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id exists on this machine (zombies count as dead)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.exists():
+        try:
+            return stat.read_text().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return True
+    return True
+
+
+@dataclass
+class Job:
+    """One row of the queue."""
+
+    id: str
+    owner: str
+    kind: str
+    spec: dict[str, Any]
+    state: str
+    progress: float
+    created: float
+    started: float | None
+    ended: float | None
+    pid: int | None
+    worker: str | None
+    attempts: int
+    cancel_requested: bool
+    error: str | None
+    run_dir: Path = field(default=Path("."))
+
+    def as_row(self) -> dict[str, Any]:
+        """A flat dict for tables (times as UTC strings)."""
+        return {
+            "job": self.id,
+            "kind": self.kind,
+            "owner": self.owner,
+            "state": self.state,
+            "progress": round(self.progress * 100.0, 1),
+            "created": iso(self.created),
+            "started": iso(self.started),
+            "ended": iso(self.ended),
+            "attempts": self.attempts,
+            "error": self.error or "",
+        }
+
+
+@dataclass
+class WorkerInfo:
+    """One registered worker process."""
+
+    id: str
+    host: str
+    pid: int
+    device: str
+    started: float
+    heartbeat: float
+    job: str | None
+
+    def alive(self, stale_s: float = HEARTBEAT_STALE_S) -> bool:
+        """Alive = recent heartbeat, and (on this machine) its process still exists."""
+        if _now() - self.heartbeat > stale_s:
+            return False
+        if self.host == socket.gethostname():
+            return pid_alive(self.pid)
+        return True
+
+
+class JobQueue:
+    """The job queue of one workspace (``home``: the ``$TAPCORE_HOME`` folder)."""
+
+    def __init__(self, home: str | os.PathLike):
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.home / "jobs.sqlite"
+        self.runs_dir = self.home / "runs"
+        self.runs_dir.mkdir(exist_ok=True)
+        con = self._connect()
+        try:
+            con.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); runs its own transaction
+        finally:
+            con.close()
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA busy_timeout=30000")
+        con.execute("PRAGMA synchronous=NORMAL")
+        return con
+
+    @contextmanager
+    def _tx(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
+    def run_dir(self, job_id: str) -> Path:
+        return self.runs_dir / job_id
+
+    def _job(self, row: sqlite3.Row) -> Job:
+        return Job(
+            id=row["id"],
+            owner=row["owner"],
+            kind=row["kind"],
+            spec=json.loads(row["spec"]),
+            state=row["state"],
+            progress=float(row["progress"] or 0.0),
+            created=row["created"],
+            started=row["started"],
+            ended=row["ended"],
+            pid=row["pid"],
+            worker=row["worker"],
+            attempts=int(row["attempts"]),
+            cancel_requested=bool(row["cancel_requested"]),
+            error=row["error"],
+            run_dir=self.run_dir(row["id"]),
+        )
+
+    # -- submitting and reading -----------------------------------------------------------------
+    def submit(self, spec: dict[str, Any], owner: str = "") -> str:
+        """Validate a job spec (``{"kind": ..., "params": {...}}``), create its run folder, enqueue it.
+
+        Returns the job id. Raises ValueError for an unknown kind or malformed spec.
+        """
+        from tapcore.jobs.tasks import validate_spec
+
+        spec = validate_spec(spec)
+        owner = (owner or os.environ.get("USER") or "anonymous").strip()[:64]
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        job_id = f"{stamp}-{spec['kind']}-{secrets.token_hex(3)}"
+        run_dir = self.run_dir(job_id)
+        run_dir.mkdir(parents=True)
+        atomic_write_json(run_dir / "spec.json", {"id": job_id, "owner": owner, **spec})
+        atomic_write_json(run_dir / "state.json", {"state": "queued", "created": iso(_now())})
+        with self._tx(immediate=True) as con:
+            con.execute(
+                "INSERT INTO jobs (id, owner, kind, spec, state, created) VALUES (?, ?, ?, ?, 'queued', ?)",
+                (job_id, owner, spec["kind"], json.dumps(spec), _now()),
+            )
+        logger.info("submitted job %s (%s) for %s", job_id, spec["kind"], owner)
+        return job_id
+
+    def get(self, job_id: str) -> Job:
+        """The job with this id; ValueError when there is none."""
+        con = self._connect()
+        try:
+            row = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        finally:
+            con.close()
+        if row is None:
+            raise ValueError(f"no job with id {job_id!r}; list the jobs with `tapcore jobs`")
+        return self._job(row)
+
+    def find(self, job_id: str) -> Job | None:
+        """Like :meth:`get` but None when the id is unknown."""
+        try:
+            return self.get(job_id)
+        except ValueError:
+            return None
+
+    def list(self, states: tuple[str, ...] | None = None, kind: str | None = None, limit: int = 500) -> list[Job]:
+        """Jobs, newest first, optionally filtered by state and kind."""
+        sql = "SELECT * FROM jobs"
+        clauses, args = [], []
+        if states:
+            clauses.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(states)
+        if kind:
+            clauses.append("kind = ?")
+            args.append(kind)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(int(limit))
+        con = self._connect()
+        try:
+            return [self._job(r) for r in con.execute(sql, args).fetchall()]
+        finally:
+            con.close()
+
+    # -- worker side ----------------------------------------------------------------------------
+    def register_worker(self, device: str) -> str:
+        worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        with self._tx(immediate=True) as con:
+            con.execute(
+                "INSERT INTO workers (id, host, pid, device, started, heartbeat) VALUES (?, ?, ?, ?, ?, ?)",
+                (worker_id, socket.gethostname(), os.getpid(), device, _now(), _now()),
+            )
+        return worker_id
+
+    def heartbeat(self, worker_id: str, job_id: str | None = None) -> None:
+        with self._tx() as con:
+            con.execute("UPDATE workers SET heartbeat = ?, job = ? WHERE id = ?", (_now(), job_id, worker_id))
+
+    def unregister_worker(self, worker_id: str) -> None:
+        with self._tx() as con:
+            con.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    def workers(self) -> list[WorkerInfo]:
+        con = self._connect()
+        try:
+            rows = con.execute("SELECT * FROM workers ORDER BY started").fetchall()
+        finally:
+            con.close()
+        return [WorkerInfo(**dict(r)) for r in rows]
+
+    def alive_workers(self) -> list[WorkerInfo]:
+        return [w for w in self.workers() if w.alive()]
+
+    def recover_stale(self) -> list[str]:
+        """Mark running jobs whose worker is gone as ``interrupted``; forget dead workers.
+
+        Returns the ids of the jobs marked interrupted. A job's child process that is somehow
+        still alive on this machine is killed first, so a resumed job never runs twice.
+        """
+        alive = {w.id for w in self.alive_workers()}
+        marked: list[str] = []
+        with self._tx(immediate=True) as con:
+            rows = con.execute("SELECT * FROM jobs WHERE state = 'running'").fetchall()
+            for row in rows:
+                if row["worker"] in alive:
+                    continue
+                _kill_group(row["pid"])
+                if row["cancel_requested"]:
+                    con.execute(
+                        "UPDATE jobs SET state='cancelled', ended=?, pid=NULL, error=? WHERE id=?",
+                        (_now(), "cancelled by the user", row["id"]),
+                    )
+                    continue
+                con.execute(
+                    "UPDATE jobs SET state='interrupted', pid=NULL, "
+                    "error='its worker stopped; it resumes from its last checkpoint' WHERE id=?",
+                    (row["id"],),
+                )
+                marked.append(row["id"])
+            con.execute("DELETE FROM workers WHERE heartbeat < ?", (_now() - HEARTBEAT_STALE_S,))
+            for w in con.execute("SELECT id, host, pid FROM workers").fetchall():
+                if w["host"] == socket.gethostname() and not pid_alive(w["pid"]):
+                    con.execute("DELETE FROM workers WHERE id = ?", (w["id"],))
+        for job_id in marked:
+            self._write_state(job_id, "interrupted")
+            logger.warning("job %s marked interrupted (its worker is gone)", job_id)
+        return marked
+
+    def claim(self, worker_id: str) -> Job | None:
+        """Atomically take the oldest queued or interrupted job; None when there is none."""
+        with self._tx(immediate=True) as con:
+            row = con.execute(
+                "SELECT * FROM jobs WHERE state IN ('queued', 'interrupted') AND cancel_requested = 0 "
+                "ORDER BY seq LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            con.execute(
+                "UPDATE jobs SET state='running', worker=?, started=COALESCE(started, ?), ended=NULL, "
+                "attempts=attempts+1, error=NULL WHERE id=?",
+                (worker_id, _now(), row["id"]),
+            )
+            con.execute("UPDATE workers SET job=?, heartbeat=? WHERE id=?", (row["id"], _now(), worker_id))
+        job = self.get(row["id"])
+        self._write_state(job.id, "running", attempt=job.attempts, resumed=job.attempts > 1)
+        return job
+
+    def set_pid(self, job_id: str, pid: int | None) -> None:
+        with self._tx() as con:
+            con.execute("UPDATE jobs SET pid=? WHERE id=?", (pid, job_id))
+
+    def set_progress(self, job_id: str, fraction: float) -> None:
+        with self._tx() as con:
+            con.execute("UPDATE jobs SET progress=? WHERE id=?", (float(min(max(fraction, 0.0), 1.0)), job_id))
+
+    def finish(self, job_id: str, state: str, error: str | None = None) -> None:
+        """Record a final state (done / failed / cancelled) and its error message."""
+        if state not in FINAL_STATES:
+            raise ValueError(f"final state must be one of {', '.join(FINAL_STATES)}, got {state!r}")
+        with self._tx() as con:
+            con.execute(
+                "UPDATE jobs SET state=?, ended=?, pid=NULL, error=?, "
+                "progress=CASE WHEN ?='done' THEN 1.0 ELSE progress END WHERE id=?",
+                (state, _now(), error, state, job_id),
+            )
+        self._write_state(job_id, state, error=error)
+
+    def requeue(self, job_id: str, reason: str) -> None:
+        """Put a running job back as ``interrupted`` (its worker is stopping); it resumes later."""
+        with self._tx() as con:
+            con.execute(
+                "UPDATE jobs SET state='interrupted', pid=NULL, error=? WHERE id=? AND state='running'",
+                (reason, job_id),
+            )
+        self._write_state(job_id, "interrupted")
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a job: a queued/interrupted one at once, a running one by its worker (kills its group).
+
+        Returns the job's state after the request. Finished jobs are left as they are.
+        """
+        job = self.get(job_id)
+        if job.state in FINAL_STATES:
+            return job.state
+        with self._tx(immediate=True) as con:
+            con.execute("UPDATE jobs SET cancel_requested=1 WHERE id=?", (job_id,))
+            con.execute(
+                "UPDATE jobs SET state='cancelled', ended=?, error='cancelled by the user' "
+                "WHERE id=? AND state IN ('queued', 'interrupted')",
+                (_now(), job_id),
+            )
+        job = self.get(job_id)
+        if job.state == "cancelled":
+            self._write_state(job_id, "cancelled", error=job.error)
+        return job.state
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.get(job_id).cancel_requested
+
+    def _write_state(self, job_id: str, state: str, **extra: Any) -> None:
+        path = self.run_dir(job_id) / "state.json"
+        data: dict[str, Any] = {}
+        if path.exists():
+            try:
+                data = read_json(path)
+            except ValueError:
+                data = {}
+        data.update({"state": state, "updated": iso(_now())}, **{k: v for k, v in extra.items() if v is not None})
+        if extra.get("error") is None:
+            data.pop("error", None)
+        atomic_write_json(path, data)
+
+
+def _kill_group(pid: int | None) -> None:
+    """Kill a job's process group (it was started in its own session) if it still exists here."""
+    if not pid or not pid_alive(pid):
+        return
+    try:
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+

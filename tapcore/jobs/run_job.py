@@ -1,0 +1,69 @@
+"""Run one job in this (fresh) process: ``python -m tapcore.jobs.run_job RUN_DIR``.
+
+Started by the worker in its own process group with stdout/stderr going to ``RUN_DIR/log.txt``.
+Reads ``spec.json``, calls the task registered for its kind (:mod:`tapcore.jobs.tasks`) with a
+progress callback that appends to ``metrics.jsonl``, and writes ``result.json``: ``{"ok": true,
+"outputs": {...}}`` or ``{"ok": false, "error": "..."}``. Exit status 0 on success, 1 on failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from tapcore.progress import MetricsLog
+from tapcore.utils import atomic_write_json, read_json
+
+logger = logging.getLogger("tapcore.jobs.run_job")
+
+
+def _watch_parent(worker_pid: int) -> None:
+    """Exit at once when the worker that started us is gone (portable backup of PDEATHSIG)."""
+    while True:
+        if os.getppid() != worker_pid:
+            os._exit(3)
+        time.sleep(1.0)
+
+
+def error_message(exc: BaseException) -> str:
+    """The message shown to the user: ValueError texts are written for people, others get their type."""
+    if isinstance(exc, (ValueError, FileNotFoundError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m tapcore.jobs.run_job RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = Path(argv[0]).resolve()
+    logging.basicConfig(
+        stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    worker_pid = os.environ.get("TAPCORE_WORKER_PID")
+    if worker_pid and worker_pid.isdigit():
+        threading.Thread(target=_watch_parent, args=(int(worker_pid),), daemon=True).start()
+    from tapcore.jobs.tasks import run_task
+
+    try:
+        spec = read_json(run_dir / "spec.json")
+        logger.info("job %s: %s on device %s", spec.get("id"), spec.get("kind"), os.environ.get("TAPCORE_DEVICE"))
+        outputs = run_task(spec, run_dir, MetricsLog(run_dir / "metrics.jsonl"))
+    except Exception as exc:  # every failure is reported to the user, with the traceback in the log
+        traceback.print_exc()
+        sys.stdout.flush()
+        atomic_write_json(run_dir / "result.json", {"ok": False, "error": error_message(exc)})
+        return 1
+    atomic_write_json(run_dir / "result.json", {"ok": True, "outputs": outputs})
+    logger.info("job finished; outputs: %s", ", ".join(sorted(outputs)) if outputs else "none")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

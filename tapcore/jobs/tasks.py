@@ -1,0 +1,176 @@
+"""The job kinds: one registry entry per kind, mapping a job spec to one library call.
+
+A job spec is plain JSON ``{"kind": <kind>, "params": {...}}``. Each task is a function
+``task(params, run_dir, progress) -> outputs`` (``outputs``: name -> path relative to ``run_dir``)
+that reads its inputs from the workspace, calls the library, and writes into ``run_dir``.
+Trained bundles go to ``run_dir/model`` (referred to as ``run:<job id>``). A task is resumable
+when the library function can pick up ``run_dir/model/checkpoint``; the worker re-runs an
+interrupted job's task and the task passes ``resume=True`` when a checkpoint is there.
+
+Adding a kind = writing one function and adding one :data:`TASKS` entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tapcore.progress import ProgressFn
+from tapcore.utils import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+TaskFn = Callable[[dict[str, Any], Path, ProgressFn], dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One job kind: its function, the params it needs, and a plain-words title."""
+
+    fn: TaskFn
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    title: str
+
+
+def job_device() -> str:
+    """The device a job runs on: ``$TAPCORE_DEVICE`` set by its worker (``auto`` when unset)."""
+    from tapcore.utils import resolve_device
+
+    return resolve_device(os.environ.get("TAPCORE_DEVICE") or "auto")
+
+
+def _workspace(run_dir: Path):
+    from tapcore.workspace import Workspace
+
+    # run_dir = <home>/runs/<job id>
+    return Workspace(run_dir.parent.parent)
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    ckpt = folder / "checkpoint"
+    return ckpt.is_dir() and any(ckpt.iterdir())
+
+
+def _record_inputs(run_dir: Path, **inputs: Any) -> None:
+    atomic_write_json(run_dir / "inputs.json", inputs)
+
+
+# -- tasks -------------------------------------------------------------------------------------
+def task_pretrain(params: dict[str, Any], run_dir: Path, progress: ProgressFn) -> dict[str, str]:
+    """Pretrain TAP features on a dataset's movie (``tapcore.tap.train.pretrain``)."""
+    from tapcore.config import config_from_dict
+    from tapcore.tap.train import PretrainConfig, pretrain
+
+    ws = _workspace(run_dir)
+    movie = ws.load_movie(params["dataset"])
+    val_movie = ws.load_movie(params["val_dataset"]) if params.get("val_dataset") else None
+    cfg = config_from_dict(PretrainConfig, {"device": job_device(), **(params.get("config") or {})}) \
+        if "device" in PretrainConfig.__dataclass_fields__ else config_from_dict(PretrainConfig, params.get("config"))
+    out = run_dir / "model"
+    resume = _has_checkpoint(out)
+    if resume:
+        logger.info("resuming from %s", out / "checkpoint")
+    _record_inputs(run_dir, dataset=ws.dataset(params["dataset"]).meta)
+    pretrain(movie, cfg, out, val_movie=val_movie, progress=progress, resume=resume)
+    return {"model": "model"}
+
+
+def task_train_head(params: dict[str, Any], run_dir: Path, progress: ProgressFn) -> dict[str, str]:
+    """Train an event head on TAP features (``tapcore.events.train.train_head``), then calibrate it."""
+    from tapcore.config import config_from_dict
+    from tapcore.events.train import HeadConfig, train_head
+
+    ws = _workspace(run_dir)
+    dataset = ws.dataset(params["dataset"])
+    if not dataset.has_masks:
+        raise ValueError(f"dataset {dataset.name!r} has no event masks; training an event head needs "
+                         "masks marking divisions (1) and deaths (2): upload them on the Data page")
+    movie = ws.load_movie(dataset.id)
+    masks = ws.load_masks(dataset.id)
+    tap_path = ws.resolve_model(params["tap_model"])
+    config = dict(params.get("config") or {})
+    if "device" in HeadConfig.__dataclass_fields__:
+        config.setdefault("device", job_device())
+    cfg = config_from_dict(HeadConfig, config)
+    out = run_dir / "model"
+    _record_inputs(run_dir, dataset=dataset.meta, tap_model=str(tap_path))
+    train_head(movie, masks, tap_path, cfg, out, progress=progress)
+    outputs = {"model": "model"}
+    if params.get("calibrate", True):
+        from tapcore.calibration import calibrate_bundle
+
+        calibrate_bundle(out, movie=movie, masks=masks, progress=progress)
+        outputs["calibration"] = "model/calibration.json"
+    return outputs
+
+
+def task_calibrate(params: dict[str, Any], run_dir: Path, progress: ProgressFn) -> dict[str, str]:
+    """Fit temperature scaling for an event model on a dataset's validation pairs."""
+    from tapcore.calibration import calibrate_bundle
+
+    ws = _workspace(run_dir)
+    path = ws.resolve_model(params["model"])
+    movie = ws.load_movie(params["dataset"])
+    masks = ws.load_masks(params["dataset"])
+    if masks is None:
+        raise ValueError("calibration needs a dataset with event masks; pick one that has them")
+    calibrate_bundle(path, movie=movie, masks=masks, progress=progress)
+    return {"calibration": str(path / "calibration.json")}
+
+
+def task_predict(params: dict[str, Any], run_dir: Path, progress: ProgressFn) -> dict[str, str]:
+    """Per-frame event probability maps and the event list for a whole movie."""
+    from tapcore.config import config_from_dict
+    from tapcore.predict import PredictConfig, predict_movie, write_prediction
+
+    ws = _workspace(run_dir)
+    movie = ws.load_movie(params["dataset"])
+    path = ws.resolve_model(params["model"])
+    config = dict(params.get("config") or {})
+    if "device" in PredictConfig.__dataclass_fields__:
+        config.setdefault("device", job_device())
+    cfg = config_from_dict(PredictConfig, config)
+    _record_inputs(run_dir, dataset=ws.dataset(params["dataset"]).meta, model=str(path))
+    pred = write_prediction(predict_movie(movie, path, cfg, progress=progress), run_dir / "prediction")
+    return {"prediction": "prediction"}
+
+
+TASKS: dict[str, Task] = {
+    "pretrain": Task(task_pretrain, ("dataset",), ("config", "val_dataset"), "Pretrain TAP features"),
+    "train_head": Task(task_train_head, ("dataset", "tap_model"), ("config", "calibrate"), "Train an event head"),
+    "calibrate": Task(task_calibrate, ("dataset", "model"), ("config",), "Calibrate an event model"),
+    "predict": Task(task_predict, ("dataset", "model"), ("config",), "Predict events in a movie"),
+}
+
+
+def validate_spec(spec: Any) -> dict[str, Any]:
+    """Check a job spec's shape, kind and params; returns a clean ``{"kind", "params"}`` dict."""
+    if not isinstance(spec, dict):
+        raise ValueError('a job spec must be a JSON object like {"kind": "pretrain", "params": {...}}')
+    kind = spec.get("kind")
+    if kind not in TASKS:
+        raise ValueError(f"unknown job kind {kind!r}; valid kinds: {', '.join(sorted(TASKS))}")
+    params = spec.get("params", {})
+    if not isinstance(params, dict):
+        raise ValueError(f"'params' of a {kind} job must be a JSON object, got {type(params).__name__}")
+    task = TASKS[kind]
+    missing = [k for k in task.required if params.get(k) in (None, "")]
+    if missing:
+        raise ValueError(f"a {kind} job needs {', '.join(missing)} in its params")
+    unknown = sorted(set(params) - set(task.required) - set(task.optional))
+    if unknown:
+        raise ValueError(f"unknown {kind} param(s) {', '.join(unknown)}; valid: "
+                         f"{', '.join(task.required + task.optional)}")
+    if "config" in params and not isinstance(params["config"], dict):
+        raise ValueError(f"'config' of a {kind} job must be a JSON object of options")
+    return {"kind": kind, "params": params}
+
+
+def run_task(spec: dict[str, Any], run_dir: Path, progress: ProgressFn) -> dict[str, str]:
+    """Run the task of a (validated) spec in ``run_dir``; returns its outputs."""
+    spec = validate_spec({"kind": spec.get("kind"), "params": spec.get("params", {})})
+    return TASKS[spec["kind"]].fn(spec["params"], Path(run_dir), progress) or {}
