@@ -36,7 +36,8 @@ from tapcore.utils import atomic_write_json, read_json, sha256_array
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 8 << 20
-PROJECT_MODELS = Path(__file__).resolve().parents[1] / "models"
+# Shipped model bundles (the project's models/ folder); $TAPCORE_MODELS overrides it.
+PROJECT_MODELS = Path(os.environ.get("TAPCORE_MODELS") or Path(__file__).resolve().parents[1] / "models")
 DEMO_DATASET_ID = "demo"
 DEMO_MODEL = "shipped:demo"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

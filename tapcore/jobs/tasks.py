@@ -55,49 +55,57 @@ def _has_checkpoint(folder: Path) -> bool:
     return ckpt.is_dir() and any(ckpt.iterdir())
 
 
+def _config(cls: type, params: dict[str, Any]):
+    """The task's config dataclass from ``params["config"]``, on the job's device when it has one."""
+    from tapcore.config import config_from_dict
+
+    config = dict(params.get("config") or {})
+    if "device" in getattr(cls, "__dataclass_fields__", {}):
+        config.setdefault("device", job_device())
+    return config_from_dict(cls, config)
+
+
 def _record_inputs(run_dir: Path, **inputs: Any) -> None:
     atomic_write_json(run_dir / "inputs.json", inputs)
 
 
 # -- tasks -------------------------------------------------------------------------------------
 def task_pretrain(params: dict[str, Any], run_dir: Path, progress: ProgressFn) -> dict[str, str]:
-    """Pretrain TAP features on a dataset's movie (``tapcore.tap.train.pretrain``)."""
-    from tapcore.config import config_from_dict
+    """Pretrain TAP features on a dataset's movie (``tapcore.tap.train.pretrain``).
+
+    Resumable: an interrupted job finds ``model/checkpoint/`` and continues from its last epoch.
+    """
+    ws = _workspace(run_dir)
+    dataset = ws.dataset(params["dataset"])
+    movie = ws.load_movie(dataset.id)
+    val_movie = ws.load_movie(params["val_dataset"]) if params.get("val_dataset") else None
     from tapcore.tap.train import PretrainConfig, pretrain
 
-    ws = _workspace(run_dir)
-    movie = ws.load_movie(params["dataset"])
-    val_movie = ws.load_movie(params["val_dataset"]) if params.get("val_dataset") else None
-    cfg = config_from_dict(PretrainConfig, {"device": job_device(), **(params.get("config") or {})}) \
-        if "device" in PretrainConfig.__dataclass_fields__ else config_from_dict(PretrainConfig, params.get("config"))
+    cfg = _config(PretrainConfig, params)
     out = run_dir / "model"
     resume = _has_checkpoint(out)
     if resume:
         logger.info("resuming from %s", out / "checkpoint")
-    _record_inputs(run_dir, dataset=ws.dataset(params["dataset"]).meta)
+    _record_inputs(run_dir, dataset=dataset.meta, config=params.get("config") or {})
     pretrain(movie, cfg, out, val_movie=val_movie, progress=progress, resume=resume)
     return {"model": "model"}
 
 
 def task_train_head(params: dict[str, Any], run_dir: Path, progress: ProgressFn) -> dict[str, str]:
     """Train an event head on TAP features (``tapcore.events.train.train_head``), then calibrate it."""
-    from tapcore.config import config_from_dict
-    from tapcore.events.train import HeadConfig, train_head
-
     ws = _workspace(run_dir)
     dataset = ws.dataset(params["dataset"])
     if not dataset.has_masks:
         raise ValueError(f"dataset {dataset.name!r} has no event masks; training an event head needs "
-                         "masks marking divisions (1) and deaths (2): upload them on the Data page")
+                         "masks marking divisions (1) and deaths (2): add them on the Data page")
+    tap_path = ws.resolve_model(params["tap_model"])
     movie = ws.load_movie(dataset.id)
     masks = ws.load_masks(dataset.id)
-    tap_path = ws.resolve_model(params["tap_model"])
-    config = dict(params.get("config") or {})
-    if "device" in HeadConfig.__dataclass_fields__:
-        config.setdefault("device", job_device())
-    cfg = config_from_dict(HeadConfig, config)
+    from tapcore.events.train import HeadConfig, train_head
+
+    cfg = _config(HeadConfig, params)
     out = run_dir / "model"
-    _record_inputs(run_dir, dataset=dataset.meta, tap_model=str(tap_path))
+    _record_inputs(run_dir, dataset=dataset.meta, tap_model=str(tap_path), config=params.get("config") or {})
     train_head(movie, masks, tap_path, cfg, out, progress=progress)
     outputs = {"model": "model"}
     if params.get("calibrate", True):
@@ -110,32 +118,29 @@ def task_train_head(params: dict[str, Any], run_dir: Path, progress: ProgressFn)
 
 def task_calibrate(params: dict[str, Any], run_dir: Path, progress: ProgressFn) -> dict[str, str]:
     """Fit temperature scaling for an event model on a dataset's validation pairs."""
-    from tapcore.calibration import calibrate_bundle
-
     ws = _workspace(run_dir)
     path = ws.resolve_model(params["model"])
-    movie = ws.load_movie(params["dataset"])
     masks = ws.load_masks(params["dataset"])
     if masks is None:
         raise ValueError("calibration needs a dataset with event masks; pick one that has them")
+    movie = ws.load_movie(params["dataset"])
+    from tapcore.calibration import calibrate_bundle
+
     calibrate_bundle(path, movie=movie, masks=masks, progress=progress)
     return {"calibration": str(path / "calibration.json")}
 
 
 def task_predict(params: dict[str, Any], run_dir: Path, progress: ProgressFn) -> dict[str, str]:
     """Per-frame event probability maps and the event list for a whole movie."""
-    from tapcore.config import config_from_dict
+    ws = _workspace(run_dir)
+    dataset = ws.dataset(params["dataset"])
+    path = ws.resolve_model(params["model"])
+    movie = ws.load_movie(dataset.id)
     from tapcore.predict import PredictConfig, predict_movie, write_prediction
 
-    ws = _workspace(run_dir)
-    movie = ws.load_movie(params["dataset"])
-    path = ws.resolve_model(params["model"])
-    config = dict(params.get("config") or {})
-    if "device" in PredictConfig.__dataclass_fields__:
-        config.setdefault("device", job_device())
-    cfg = config_from_dict(PredictConfig, config)
-    _record_inputs(run_dir, dataset=ws.dataset(params["dataset"]).meta, model=str(path))
-    pred = write_prediction(predict_movie(movie, path, cfg, progress=progress), run_dir / "prediction")
+    cfg = _config(PredictConfig, params)
+    _record_inputs(run_dir, dataset=dataset.meta, model=str(path), config=params.get("config") or {})
+    write_prediction(predict_movie(movie, path, cfg, progress=progress), run_dir / "prediction")
     return {"prediction": "prediction"}
 
 

@@ -1,0 +1,279 @@
+"""Shared helpers of the app pages: workspace access, pickers, live job progress, figures.
+
+Nothing here holds per-user state in a cached resource: cached functions take everything they
+depend on as arguments (dataset id + its sha256, model path + its mtime) and return plain data.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from tapcore.jobs.queue import FINAL_STATES, Job, JobQueue
+from tapcore.progress import fraction_done, read_metrics
+from tapcore.workspace import Workspace, home
+
+EVENT_COLORS = {1: "#ff7f0e", 2: "#d62728"}  # division orange, death red
+EVENT_NAMES = {1: "division", 2: "death"}
+STATE_WORDS = {
+    "queued": "waiting in the queue",
+    "running": "running",
+    "done": "finished",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "interrupted": "interrupted (will resume from its last checkpoint)",
+}
+MAX_VIEW_PX = 640
+
+
+# -- workspace and queue -----------------------------------------------------------------------
+def workspace() -> Workspace:
+    return Workspace(home())
+
+
+def job_queue() -> JobQueue:
+    return JobQueue(home())
+
+
+def ensure_worker() -> None:
+    """Start a local worker when none is alive (checked at most every 10 s per session)."""
+    last = st.session_state.get("_worker_checked", 0.0)
+    if time.time() - last < 10:
+        return
+    st.session_state["_worker_checked"] = time.time()
+    from tapcore.jobs.worker import ensure_worker as _ensure
+
+    _ensure(home())
+
+
+def owner() -> str:
+    return (st.session_state.get("owner") or "lab").strip() or "lab"
+
+
+# -- cached data (keys include content hashes; shared by all users, no per-user state) ----------
+@st.cache_data(max_entries=4, show_spinner=False)
+def _load_movie(dataset_id: str, sha256: str, root: str) -> np.ndarray:  # noqa: ARG001 (sha256: cache key)
+    return Workspace(root).load_movie(dataset_id)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _load_masks(dataset_id: str, sha256: str, root: str) -> np.ndarray | None:  # noqa: ARG001
+    return Workspace(root).load_masks(dataset_id)
+
+
+def load_movie(info) -> np.ndarray:
+    return _load_movie(info.id, info.sha256, str(info.path.parent.parent))
+
+
+def load_masks(info) -> np.ndarray | None:
+    return _load_masks(info.id, info.sha256 + str(info.meta.get("masks_sha256")), str(info.path.parent.parent))
+
+
+# -- pickers -----------------------------------------------------------------------------------
+def dataset_picker(label: str, key: str, need_masks: bool = False, help: str | None = None):
+    """A select box over the workspace datasets; None (with a hint) when there are none."""
+    ws = workspace()
+    options = [d for d in ws.list_datasets() if d.has_masks or not need_masks]
+    if not options:
+        what = "a dataset with event masks" if need_masks else "a dataset"
+        st.info(f"No {what} yet. Open the **Data** page and load the demo or upload a movie.")
+        return None
+    ids = [d.id for d in options]
+    default = ids.index("demo") if "demo" in ids else 0
+    chosen = st.selectbox(label, ids, index=default, key=key, help=help,
+                          format_func=lambda i: next(d.label() for d in options if d.id == i))
+    return next(d for d in options if d.id == chosen)
+
+
+def model_picker(label: str, key: str, kind: str, help: str | None = None) -> str | None:
+    """A select box over model bundles of one kind; returns the model reference."""
+    models = workspace().list_models(kind=kind)
+    if not models:
+        return None
+    refs = [m.ref for m in models]
+    labels = {m.ref: m.label() for m in models}
+    wanted = st.query_params.get(key)
+    default = refs.index(wanted) if wanted in refs else 0
+    return st.selectbox(label, refs, index=default, key=key, help=help, format_func=lambda r: labels[r])
+
+
+# -- jobs --------------------------------------------------------------------------------------
+def submit_job(kind: str, params: dict[str, Any], url_key: str) -> str:
+    """Enqueue a job, remember its id in the URL, make sure a worker runs."""
+    job_id = job_queue().submit({"kind": kind, "params": params}, owner=owner())
+    st.query_params[url_key] = job_id
+    ensure_worker()
+    return job_id
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None or not np.isfinite(s):
+        return "-"
+    s = int(round(s))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+def curves_figure(records: list[dict[str, Any]], keys: list[tuple[str, str]], title: str, y_title: str) -> go.Figure | None:
+    """Line plot of metrics over (fractional) epochs; None when no record has any of the keys."""
+    fig = go.Figure()
+    for key, name in keys:
+        xs, ys = [], []
+        for r in records:
+            if r.get(key) is None:
+                continue
+            epoch = float(r.get("epoch") or 0)
+            steps = r.get("steps") or 0
+            x = epoch if r.get("kind") != "step" or not steps else epoch - 1 + float(r.get("step", 0)) / steps
+            xs.append(x)
+            ys.append(float(r[key]))
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 30 else "lines", name=name))
+    if not fig.data:
+        return None
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=y_title, height=300,
+                      margin=dict(l=40, r=10, t=40, b=40), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def show_progress(job: Job) -> None:
+    """Progress bar (epoch/step), elapsed time, ETA and live curves of one job."""
+    records = read_metrics(job.run_dir / "metrics.jsonl")
+    last = records[-1] if records else {}
+    frac = 1.0 if job.state == "done" else (fraction_done(last) if last else 0.0)
+    parts = []
+    if last.get("epochs"):
+        parts.append(f"epoch {last.get('epoch', 0)} of {last['epochs']}")
+    if last.get("steps") and last.get("kind") == "step":
+        parts.append(f"step {last.get('step', 0)} of {last['steps']}")
+    stage = last.get("stage")
+    label = f"{STATE_WORDS.get(job.state, job.state).capitalize()}" + (f" · {stage}" if stage else "") + \
+        (f" · {', '.join(parts)}" if parts else "")
+    st.progress(frac, text=label)
+    elapsed = last.get("elapsed_s")
+    if elapsed is None and job.started:
+        elapsed = (job.ended or time.time()) - job.started
+    eta = None
+    if job.state == "running" and elapsed and 0.0 < frac < 1.0:
+        eta = float(elapsed) * (1.0 - frac) / frac
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Elapsed", fmt_seconds(elapsed))
+    c2.metric("Time left (estimate)", fmt_seconds(eta) if job.state == "running" else ("0 s" if job.state == "done" else "-"))
+    c3.metric("Done", f"{frac * 100:.0f} %")
+    if job.state == "failed":
+        st.error(f"The job failed: {job.error}")
+        show_log(job, expanded=True)
+    elif job.state == "cancelled":
+        st.warning("The job was cancelled.")
+    elif job.state == "interrupted":
+        st.warning("The worker running this job stopped. A new worker resumes it from its last checkpoint.")
+    figs = [
+        curves_figure(records, [("train_loss", "training"), ("val_loss", "validation")], "Loss", "loss"),
+        curves_figure(records, [("train_decorr", "training"), ("val_decorr", "validation")],
+                      "Decorrelation loss", "loss"),
+        curves_figure(records, [("train_acc", "training"), ("val_acc", "validation")], "Accuracy", "accuracy"),
+    ]
+    figs = [f for f in figs if f is not None]
+    if figs:
+        cols = st.columns(len(figs))
+        for col, fig in zip(cols, figs):
+            col.plotly_chart(fig, width="stretch")
+
+
+def show_log(job: Job, expanded: bool = False, tail: int = 80) -> None:
+    log = job.run_dir / "log.txt"
+    text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else "(no log yet)"
+    with st.expander("Log of this job", expanded=expanded):
+        st.code("\n".join(text.splitlines()[-tail:]) or "(empty)", language=None)
+
+
+def live_job(url_key: str, kinds: tuple[str, ...]) -> Job | None:
+    """Show the job whose id is in the URL (``?<url_key>=<id>``), refreshing while it runs."""
+    q = job_queue()
+    job_id = st.query_params.get(url_key)
+    recent = [j for j in q.list(limit=50) if j.kind in kinds]
+    if not job_id and recent:
+        job_id = recent[0].id
+    if not job_id:
+        return None
+    job = q.find(job_id)
+    if job is None:
+        st.warning(f"Job {job_id} is not in this workspace (it may have been removed).")
+        return None
+    active = job.state not in FINAL_STATES
+
+    def _body() -> None:
+        current = q.get(job_id)
+        st.markdown(f"**Job** `{current.id}` · {current.kind} · submitted by {current.owner}")
+        show_progress(current)
+        if current.state not in FINAL_STATES:
+            if st.button("Cancel this job", key=f"cancel-{url_key}"):
+                q.cancel(current.id)
+                st.rerun()
+        elif active:
+            st.rerun()  # it just finished: redraw the whole page with its results
+
+    st.fragment(_body, run_every=2.0 if active else None)()
+    return q.get(job_id)
+
+
+# -- figures -----------------------------------------------------------------------------------
+def display_stride(shape: tuple[int, ...]) -> int:
+    return max(1, int(np.ceil(max(shape[-2:]) / MAX_VIEW_PX)))
+
+
+def frame_figure(frame: np.ndarray, *, stride: int = 1, height: int = 520, title: str | None = None) -> go.Figure:
+    """A grayscale frame (percentile-stretched) as a plotly heatmap, y downwards, pixel axes."""
+    f = frame[::stride, ::stride].astype(np.float32)
+    lo, hi = np.percentile(f, [1.0, 99.8])
+    f = np.clip((f - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    ys = np.arange(f.shape[0]) * stride
+    xs = np.arange(f.shape[1]) * stride
+    fig = go.Figure(go.Heatmap(z=f, x=xs, y=ys, colorscale="gray", showscale=False, hoverinfo="skip"))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", title="y (px)")
+    fig.update_xaxes(title="x (px)", constrain="domain")
+    fig.update_layout(height=height, margin=dict(l=40, r=10, t=30 if title else 10, b=40), title=title)
+    return fig
+
+
+def mask_events(mask_frame: np.ndarray) -> pd.DataFrame:
+    """Centroids of the connected event regions of one mask frame: columns y, x, label, area."""
+    from scipy import ndimage
+
+    rows = []
+    for value, name in EVENT_NAMES.items():
+        lab, n = ndimage.label(mask_frame == value)
+        if n == 0:
+            continue
+        centres = ndimage.center_of_mass(mask_frame == value, lab, range(1, n + 1))
+        areas = ndimage.sum_labels(mask_frame == value, lab, range(1, n + 1))
+        for (cy, cx), a in zip(centres, areas):
+            rows.append({"y": cy, "x": cx, "label": value, "event": name, "area": int(a)})
+    return pd.DataFrame(rows, columns=["y", "x", "label", "event", "area"])
+
+
+def add_mask_overlay(fig: go.Figure, mask_frame: np.ndarray, stride: int = 1) -> None:
+    """Tint event pixels and mark each event region with a labelled marker."""
+    m = mask_frame[::stride, ::stride]
+    if m.any():
+        z = np.where(m > 0, m.astype(float), np.nan)
+        fig.add_trace(go.Heatmap(
+            z=z, x=np.arange(m.shape[1]) * stride, y=np.arange(m.shape[0]) * stride, zmin=1, zmax=2,
+            colorscale=[[0, EVENT_COLORS[1]], [0.5, EVENT_COLORS[1]], [0.5, EVENT_COLORS[2]], [1, EVENT_COLORS[2]]],
+            opacity=0.45, showscale=False, hoverinfo="skip"))
+    ev = mask_events(mask_frame)
+    for value, name in EVENT_NAMES.items():
+        sub = ev[ev.label == value]
+        if len(sub):
+            fig.add_trace(go.Scatter(x=sub.x, y=sub.y, mode="markers", name=f"{name} (ground truth)",
+                                     marker=dict(symbol="circle-open", size=18, color=EVENT_COLORS[value], line=dict(width=2)),
+                                     hovertemplate=f"{name}<br>x=%{{x:.0f}} y=%{{y:.0f}}<extra></extra>"))

@@ -1,0 +1,59 @@
+"""Jobs: the shared queue (who, what, state), cancel, logs, workers."""
+
+import pandas as pd
+import streamlit as st
+
+from pages._ui import STATE_WORDS, job_queue, show_log, show_progress
+from tapcore.jobs.queue import ACTIVE_STATES
+
+st.title("Jobs")
+st.write(
+    "Training and prediction run as jobs, one after another, on this machine's GPU (or CPU). "
+    "Jobs keep running when you close the browser. A job whose worker stopped resumes from its "
+    "last checkpoint when a worker starts again."
+)
+
+q = job_queue()
+
+
+@st.fragment(run_every=3.0)
+def queue_view() -> None:
+    jobs = q.list(limit=200)
+    workers = q.alive_workers()
+    busy = [w for w in workers if w.job]
+    st.caption(f"{len(workers)} worker(s) running" + (f", {len(busy)} busy" if workers else
+                                                      " - one starts automatically when a job is queued"))
+    if not jobs:
+        st.info("No jobs yet. Start one on the Pretrain, Event head or Predict page.")
+        return
+    rows = []
+    for j in jobs:
+        r = j.as_row()
+        r["state"] = STATE_WORDS.get(j.state, j.state)
+        rows.append(r)
+    df = pd.DataFrame(rows).rename(columns={"progress": "progress (%)", "created": "submitted (UTC)",
+                                            "started": "started (UTC)", "ended": "ended (UTC)"})
+    st.dataframe(df, hide_index=True, width="stretch",
+                 column_config={"progress (%)": st.column_config.ProgressColumn(min_value=0, max_value=100,
+                                                                               format="%.0f%%")})
+
+
+queue_view()
+
+jobs = q.list(limit=200)
+if jobs:
+    st.header("One job")
+    ids = [j.id for j in jobs]
+    wanted = st.query_params.get("job")
+    job_id = st.selectbox("Job", ids, index=ids.index(wanted) if wanted in ids else 0, key="jobs_pick")
+    st.query_params["job"] = job_id
+    job = q.get(job_id)
+    show_progress(job)
+    with st.expander("Job spec"):
+        st.json(job.spec)
+    show_log(job, expanded=job.state == "failed")
+    if job.state in ACTIVE_STATES:
+        if st.button("Cancel this job", key="jobs_cancel", type="primary"):
+            state = q.cancel(job.id)
+            st.success(f"Cancel requested; the job is now {STATE_WORDS.get(state, state)}.")
+            st.rerun()
