@@ -13,7 +13,8 @@ only then renamed into place: a bad upload leaves nothing behind. Uploads are st
 chunks, never held whole in memory by this module.
 
 Models are referred to by a short string (:func:`Workspace.resolve_model`):
-``shipped:<name>`` (the project's ``models/<name>/``, e.g. the demo), ``saved:<name>``
+``shipped:<name>`` (the project's ``models/<name>/``, e.g. ``shipped:demo`` and its TAP features
+``shipped:demo/tap``), ``saved:<name>``
 (``$TAPCORE_HOME/models/<name>``), ``run:<job id>`` (the bundle a job wrote), or a folder path.
 """
 
@@ -330,7 +331,7 @@ class Workspace:
         ref = ref.strip()
         origin, _, name = ref.partition(":")
         if origin == "shipped" and name:
-            path = PROJECT_MODELS / _check_id(name, "model name")
+            path = PROJECT_MODELS.joinpath(*[_check_id(part, "model name") for part in name.split("/")])
         elif origin == "saved" and name:
             path = self.models_dir / _check_id(name, "model name")
         elif origin == "run" and name:
@@ -349,6 +350,9 @@ class Workspace:
         if PROJECT_MODELS.is_dir():
             for p in sorted(PROJECT_MODELS.iterdir()):
                 candidates.append((f"shipped:{p.name}", p.name, "shipped", p))
+                if p.is_dir():  # a shipped head bundle may carry its TAP bundle in a sub-folder
+                    for sub in sorted(q for q in p.iterdir() if q.is_dir()):
+                        candidates.append((f"shipped:{p.name}/{sub.name}", f"{p.name}/{sub.name}", "shipped", sub))
         for p in sorted(self.models_dir.iterdir()):
             candidates.append((f"saved:{p.name}", p.name, "saved", p))
         for p in sorted(self.runs_dir.iterdir(), reverse=True):

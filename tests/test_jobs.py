@@ -31,7 +31,7 @@ def _dataset(home: Path, frames: int = 6, size: int = 32) -> str:
 
 # -- queue only ---------------------------------------------------------------------------------
 def test_spec_validation_messages():
-    with pytest.raises(ValueError, match="unknown job kind 'train'; valid kinds: calibrate, predict, pretrain"):
+    with pytest.raises(ValueError, match="unknown job kind 'train'; valid kinds: calibrate, compare, predict, pretrain"):
         validate_spec({"kind": "train", "params": {}})
     with pytest.raises(ValueError, match="needs dataset"):
         validate_spec({"kind": "pretrain", "params": {}})

@@ -144,9 +144,32 @@ def task_predict(params: dict[str, Any], run_dir: Path, progress: ProgressFn) ->
     return {"prediction": "prediction"}
 
 
+def task_compare(params: dict[str, Any], run_dir: Path, progress: ProgressFn) -> dict[str, str]:
+    """Train every strategy x criterion x repeat and tabulate precision/recall (paper Tables 2 and 5)."""
+    ws = _workspace(run_dir)
+    dataset = ws.dataset(params["dataset"])
+    if not dataset.has_masks:
+        raise ValueError(f"dataset {dataset.name!r} has no event masks; comparing strategies needs them")
+    tap_path = ws.resolve_model(params["tap_model"]) if params.get("tap_model") else None
+    movie = ws.load_movie(dataset.id)
+    masks = ws.load_masks(dataset.id)
+    from tapcore.config import config_from_dict
+    from tapcore.events.compare import CompareConfig, compare
+
+    config = dict(params.get("config") or {})
+    head = dict(config.pop("head", None) or {})
+    head.setdefault("device", job_device())
+    cfg = config_from_dict(CompareConfig, {**config, "head": head})
+    _record_inputs(run_dir, dataset=dataset.meta, tap_model=str(tap_path) if tap_path else None,
+                   config=params.get("config") or {})
+    compare(movie, masks, tap_path, cfg, run_dir / "compare", progress=progress)
+    return {"table": "compare/table.csv", "runs": "compare/runs.csv"}
+
+
 TASKS: dict[str, Task] = {
     "pretrain": Task(task_pretrain, ("dataset",), ("config", "val_dataset"), "Pretrain TAP features"),
     "train_head": Task(task_train_head, ("dataset", "tap_model"), ("config", "calibrate"), "Train an event head"),
+    "compare": Task(task_compare, ("dataset",), ("tap_model", "config"), "Compare training strategies"),
     "calibrate": Task(task_calibrate, ("dataset", "model"), ("config",), "Calibrate an event model"),
     "predict": Task(task_predict, ("dataset", "model"), ("config",), "Predict events in a movie"),
 }

@@ -1,0 +1,95 @@
+"""Evaluate: how good is an event model? Confusion matrix, precision/recall, errors over time,
+calibration, and strategy comparisons."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages._ui import job_queue, model_picker, workspace
+
+st.title("Evaluate")
+st.write(
+    "Check an event model on the **test windows**: crop pairs it never saw during training. "
+    "Numbers come from the model's own training run."
+)
+
+ref = model_picker("Event model", key="eval_model", kind="event_head",
+                   help="A trained event head (Event head page) or the shipped demo model.")
+if ref is None:
+    st.info("No event model yet: train one on the **Event head** page.")
+    st.stop()
+path = workspace().resolve_model(ref)
+st.query_params["eval_model"] = ref
+metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
+config = json.loads((path / "config.json").read_text())
+class_names = config.get("class_names") or ["no event", "event"]
+test = metrics.get("test") or {}
+
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Strategy", f"{metrics.get('strategy', '?')} ({metrics.get('head', config.get('head', '?'))} head)")
+c2.metric("Test windows", test.get("n", "-"))
+c3.metric("Accuracy", f"{test['accuracy']:.3f}" if test.get("accuracy") is not None else "-")
+c4.metric("Balanced accuracy", f"{test['balanced_accuracy']:.3f}" if test.get("balanced_accuracy") is not None else "-")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Confusion matrix")
+    cm = np.asarray(test.get("confusion_matrix") or [], dtype=float)
+    if cm.size:
+        share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        text = [[f"{int(cm[i, j])}<br>({share[i, j] * 100:.0f} %)" for j in range(cm.shape[1])] for i in range(cm.shape[0])]
+        fig = go.Figure(go.Heatmap(z=share, x=class_names, y=class_names, text=text, texttemplate="%{text}",
+                                   colorscale="Blues", zmin=0, zmax=1, colorbar=dict(title="share of row")))
+        fig.update_layout(xaxis_title="predicted", yaxis_title="true", height=380, margin=dict(l=10, r=10, t=10, b=40))
+        fig.update_yaxes(autorange="reversed")
+        st.plotly_chart(fig, width="stretch", key="eval_cm")
+        st.caption("Rows: what the masks say. Columns: what the model says. Counts and share of each row.")
+    else:
+        st.caption("This model has no test metrics.")
+with right:
+    st.subheader("Precision and recall per class")
+    per_class = test.get("per_class") or {}
+    if per_class:
+        pr = pd.DataFrame(per_class).T
+        fig = go.Figure([go.Bar(name="precision", x=pr.index, y=pr["precision"]),
+                         go.Bar(name="recall", x=pr.index, y=pr["recall"])])
+        fig.update_layout(barmode="group", yaxis=dict(range=[0, 1], title="score"), height=300,
+                          margin=dict(l=10, r=10, t=10, b=40), legend=dict(orientation="h"))
+        st.plotly_chart(fig, width="stretch", key="eval_pr")
+        st.dataframe(pr.rename(columns={"support": "test windows"}).style.format(precision=3, na_rep="-"),
+                     width="stretch")
+
+st.subheader("Errors over time")
+pf_path = path / "per_frame.csv"
+if pf_path.is_file():
+    pf = pd.read_csv(pf_path)
+    st.write("Where in the movie the events and the mistakes are, as a share of each total (%). "
+             "Errors piling up in a few frames point at problems in those frames (focus, drift, crowding).")
+    series = {"gt_pos_pct": "true events", "fp_pct": "false alarms", "fn_pct": "missed events"}
+    fig = go.Figure([go.Scatter(x=pf["frame"], y=pf[c], mode="lines+markers", name=n)
+                     for c, n in series.items() if c in pf])
+    fig.update_layout(xaxis_title="frame", yaxis_title="% of its total", height=320,
+                      margin=dict(l=10, r=10, t=10, b=40), legend=dict(orientation="h"))
+    st.plotly_chart(fig, width="stretch", key="eval_pf")
+else:
+    st.caption("No per-frame table in this model.")
+
+RELIABILITY_SLOT = st.container()
+
+st.header("Strategy comparisons")
+done = [j for j in job_queue().list(states=("done",), kind="compare")]
+if not done:
+    st.caption("No comparison yet (start one on the Event head page, under 'Compare strategies').")
+for j in done[:5]:
+    table_path = j.run_dir / "compare" / "table.csv"
+    if table_path.is_file():
+        table = pd.read_csv(table_path)
+        show = [c for c in table.columns if not c.endswith(("_mean", "_std"))]
+        st.markdown(f"**{j.id}** (by {j.owner})")
+        st.dataframe(table[show], hide_index=True, width="stretch")
+        st.caption("Mean ± spread over repeats; 'prec k' / 'rec k' = precision / recall of class k "
+                   f"({', '.join(f'{k} = {n}' for k, n in enumerate(class_names))}).")

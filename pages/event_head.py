@@ -1,0 +1,118 @@
+"""Event head: train a small classifier on TAP features that spots divisions (and deaths)."""
+
+import pandas as pd
+import streamlit as st
+
+from pages._ui import dataset_picker, live_job, model_picker, submit_job, workspace
+
+STRATEGY_HELP = {
+    "A1": "A1 · TAP features (frozen) + small ResNet head: the paper's best, recommended",
+    "A0": "A0 · TAP features (frozen) + linear head: fastest",
+    "B1": "B1 · random fixed features + ResNet head (baseline: how much does TAP help?)",
+    "B0": "B0 · random fixed features + linear head (baseline)",
+    "C1": "C1 · whole network trained from scratch, ResNet head (baseline, slow)",
+    "C0": "C0 · whole network trained from scratch, linear head (baseline, slow)",
+}
+CRITERIA = {
+    "size_either": "a window counts as an event when more than N event pixels are in either frame (paper)",
+    "any_either": "any event pixel in either frame",
+    "any_both": "event pixels in both frames",
+}
+
+st.title("Event head")
+st.write(
+    "The event head looks at a small square window in two consecutive frames and decides whether "
+    "a cell **divides** (or **dies**) there. It is trained on your event masks, on top of the TAP "
+    "features from the Pretrain page. Training runs as a job; after it, the head is calibrated so "
+    "that its probabilities can be read as real frequencies."
+)
+
+dataset = dataset_picker("Movie with event masks", key="head_dataset", need_masks=True,
+                         help="The movie and masks the head learns from (split into training, validation and test).")
+tap_ref = model_picker("TAP features", key="tap_model", kind="tap",
+                       help="A TAP model from the Pretrain page (or the shipped demo model).")
+if dataset is not None and tap_ref is None:
+    st.info("No TAP model yet: pretrain one on the **Pretrain** page first.")
+
+if dataset is not None and tap_ref is not None:
+    with st.form("head_form"):
+        strategy = st.selectbox("Strategy", list(STRATEGY_HELP), format_func=STRATEGY_HELP.get, key="head_strategy")
+        c1, c2, c3 = st.columns(3)
+        task = c1.radio("What to detect", ["event", "three_class"], key="head_task",
+                        format_func={"event": "any event (division or death)",
+                                     "three_class": "division vs death vs nothing"}.get)
+        epochs = c2.number_input("Epochs (passes over the training windows)", 1, 200, 10, key="head_epochs",
+                                 help="Paper: 10 for linear heads, 30 for ResNet heads.")
+        crop = c3.number_input("Window size (px)", 16, 128, 48, step=8, key="head_crop",
+                               help="Side of the square window around a candidate event (paper: 48 px).")
+        c4, c5, c6 = st.columns(3)
+        pairs = c4.number_input("Windows per frame pair", 10, 5000, 1000, step=10, key="head_pairs",
+                                help="Random windows sampled from each pair of consecutive frames (paper: 1000).")
+        criterion = c5.selectbox("Labelling rule", list(CRITERIA), format_func=CRITERIA.get, key="head_criterion")
+        min_area = c6.number_input("N: minimum event pixels", 0, 10000, 40, key="head_min_area",
+                                   help="Only for the first labelling rule (paper: 40).")
+        c7, c8 = st.columns(2)
+        seed = c7.number_input("Random seed", 0, 1_000_000, 0, key="head_seed",
+                               help="Same seed + same data = same result.")
+        calibrate = c8.checkbox("Calibrate probabilities after training", value=True, key="head_calibrate")
+        go = st.form_submit_button("Start training", type="primary")
+    if go:
+        config = {"strategy": strategy, "epochs": int(epochs), "seed": int(seed),
+                  "dataset": {"crop": int(crop), "pairs_per_frame": int(pairs), "criterion": criterion,
+                              "min_area": int(min_area), "task": task, "seed": int(seed)}}
+        try:
+            job_id = submit_job("train_head", {"dataset": dataset.id, "tap_model": tap_ref, "config": config,
+                                               "calibrate": bool(calibrate)}, url_key="head_job")
+        except ValueError as exc:
+            st.error(f"Cannot start: {exc}")
+        else:
+            st.success(f"Job {job_id} queued. Progress appears below; you can close this tab and come back.")
+
+st.header("Training progress")
+job = live_job("head_job", ("train_head",))
+if job is None:
+    st.caption("No event-head training yet.")
+elif job.state == "done":
+    model_dir = job.run_dir / "model"
+    metrics_path = model_dir / "metrics.json"
+    if metrics_path.is_file():
+        import json
+
+        m = json.loads(metrics_path.read_text())
+        per_class = m.get("test", {}).get("per_class") or {}
+        if per_class:
+            st.subheader("Result on the held-out test windows")
+            table = pd.DataFrame(per_class).T.rename(columns=str.capitalize)
+            st.dataframe(table.style.format(precision=3, na_rep="-"), width="stretch")
+            st.caption("Precision: of the windows called events, the share that were events. "
+                       "Recall: of the true events, the share that were found. Details on the **Evaluate** page.")
+    name = st.text_input("Keep this model as", value=f"head-{job.id[:15]}", key="head_keep_name")
+    if st.button("Keep model", key="head_keep"):
+        try:
+            ref = workspace().save_model(f"run:{job.id}", name)
+            st.success(f"Saved as {ref}.")
+        except ValueError as exc:
+            st.error(str(exc))
+
+with st.expander("Compare strategies (paper Table 2)"):
+    st.write("Trains several strategies several times each on the same windows and reports mean and "
+             "spread of precision and recall. Slow: mostly for method development.")
+    if dataset is not None:
+        with st.form("compare_form"):
+            chosen = st.multiselect("Strategies", list(STRATEGY_HELP), default=["A0", "A1", "B0", "B1"],
+                                    key="cmp_strategies")
+            repeats = st.number_input("Repeats per strategy", 1, 20, 3, key="cmp_repeats")
+            cmp_epochs = st.number_input("Epochs per run", 1, 100, 5, key="cmp_epochs")
+            cmp_pairs = st.number_input("Windows per frame pair", 10, 5000, 200, step=10, key="cmp_pairs")
+            go_cmp = st.form_submit_button("Start comparison")
+        if go_cmp:
+            params = {"dataset": dataset.id,
+                      "config": {"strategies": chosen, "repeats": int(repeats),
+                                 "head": {"epochs": int(cmp_epochs), "dataset": {"pairs_per_frame": int(cmp_pairs)}}}}
+            if tap_ref:
+                params["tap_model"] = tap_ref
+            try:
+                job_id = submit_job("compare", params, url_key="compare_job")
+                st.success(f"Comparison job {job_id} queued; its table appears on the **Evaluate** page.")
+            except ValueError as exc:
+                st.error(f"Cannot start: {exc}")
