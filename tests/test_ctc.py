@@ -135,3 +135,22 @@ def test_bad_ctc_folders(tmp_path):
         ctc.load_ctc(tmp_path / "plain")
     with pytest.raises(FileNotFoundError):
         ctc.load_ctc(tmp_path / "missing")
+
+
+def test_cli_import_ctc(tmp_path, capsys):
+    import pandas as pd
+
+    from tapcore.cli import main
+
+    lineage = "1 0 1 0\n2 2 3 1\n3 2 3 1\n"
+    markers = {0: {1: (10, 10)}, 1: {1: (10, 11)}, 2: {2: (6, 11), 3: (15, 11)}, 3: {2: (5, 11), 3: (16, 11)}}
+    _write_ctc(tmp_path / "ds", lineage, markers, range(0, 4))
+    out = tmp_path / "imported"
+    assert main(["import-ctc", str(tmp_path / "ds"), "--out", str(out)]) == 0
+    assert "1 divisions" in capsys.readouterr().out
+    seq = ctc.load_ctc(tmp_path / "ds")
+    np.testing.assert_array_equal(io.read_movie(out / "movie.tif"), seq.movie)
+    np.testing.assert_array_equal(io.read_masks(out / "masks.tif"), seq.masks)
+    events = pd.read_csv(out / "events.csv")
+    assert events.role.tolist() == ["parent", "daughter", "daughter"] and events.frame.tolist() == [1, 2, 2]
+    assert main(["import-ctc", str(tmp_path / "nothing"), "--out", str(out)]) == 2

@@ -122,3 +122,28 @@ def test_write_and_read_csv(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ValueError, match="empty"):
         evaluate.read_events_csv(tmp_path / "empty.csv")
+
+
+def test_cli_evaluate_events(tmp_path, capsys):
+    import json
+
+    from tapcore import io
+    from tapcore.cli import main
+
+    _pred().to_csv(tmp_path / "pred.csv", index=False)
+    _truth().to_csv(tmp_path / "truth.csv", index=False)
+    out = tmp_path / "eval"
+    rc = main(["evaluate-events", str(tmp_path / "pred.csv"), "--truth", str(tmp_path / "truth.csv"),
+               "--radius", "20", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "precision 0.500  recall 0.750  F1 0.600" in text
+    assert json.loads((out / "summary.json").read_text())["tp"] == 3
+    assert len(pd.read_csv(out / "misses.csv")) == 1 and len(pd.read_csv(out / "false_alarms.csv")) == 3
+    # truth from masks: one 2x2 division mark at frame 5 around (10, 10)
+    masks = np.zeros((8, 32, 32), np.uint8)
+    masks[5, 9:11, 9:11] = 1
+    io.write_tiff(tmp_path / "masks.tif", masks)
+    assert main(["evaluate-events", str(tmp_path / "pred.csv"), "--masks", str(tmp_path / "masks.tif")]) == 0
+    assert "TP 1, false alarms 5, misses 0" in capsys.readouterr().out
+    assert main(["evaluate-events", str(tmp_path / "missing.csv"), "--truth", str(tmp_path / "truth.csv")]) == 2

@@ -195,3 +195,26 @@ def test_read_input_tiff_with_masks(tmp_path):
     io.write_tiff(tmp_path / "k2.tif", np.zeros((3, 12, 10), np.uint8))
     with pytest.raises(ValueError, match="3 frames but the movie has 4"):
         io.read_input(tmp_path / "m.tif", masks=tmp_path / "k2.tif")
+
+
+def test_cli_info_describes_or_explains(tmp_path, capsys):
+    import json
+
+    from tapcore.cli import main
+
+    movie = _movie(t=5)
+    io.write_tiff(tmp_path / "m.tif", movie)
+    masks = np.zeros(movie.shape, np.uint8)
+    masks[2, 1:3, 1:3] = 1
+    io.write_tiff(tmp_path / "k.tif", masks)
+    assert main(["info", str(tmp_path / "m.tif"), "--masks", str(tmp_path / "k.tif"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["frames"], info["height"], info["width"], info["dtype"]) == (5, 12, 10, "uint16")
+    assert info["min"] == movie.min() and info["max"] == movie.max()
+    assert info["masks"] == {"division_px": 4, "death_px": 0, "frames_with_division": 1, "frames_with_death": 0}
+    assert main(["info", str(tmp_path / "m.tif")]) == 0
+    assert "5 frames of 12 x 10 uint16" in capsys.readouterr().out
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["info", str(tmp_path / "notes.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "neither a TIFF nor a PNG" in err and "Traceback" not in err

@@ -132,3 +132,25 @@ def test_bad_config_is_refused():
         make_synthetic(SynthConfig(division_rate=1.5))
     with pytest.raises(ValueError, match="dtype"):
         make_synthetic(SynthConfig(dtype="int64"))
+
+
+def test_cli_synth_writes_movie_masks_events(tmp_path, capsys):
+    import pandas as pd
+
+    from tapcore import io
+    from tapcore.cli import main
+
+    out = tmp_path / "demo"
+    rc = main(["synth", "--out", str(out), "--seed", "4", "--frames", "12", "--height", "96", "--width", "96",
+               "--cells", "8", "--division-rate", "0.1"])
+    assert rc == 0
+    assert "divisions" in capsys.readouterr().out
+    movie = io.read_movie(out / "movie.tif")
+    masks = io.read_masks(out / "masks.tif", movie.shape)
+    events = pd.read_csv(out / "events.csv")
+    ref = make_synthetic(SynthConfig(seed=4, frames=12, height=96, width=96, cells=8, division_rate=0.1))
+    np.testing.assert_array_equal(movie, ref.movie)
+    np.testing.assert_array_equal(masks, ref.masks)
+    assert len(events) == len(ref.events) and list(events.kind) == list(ref.events.kind)
+    assert main(["synth", "--out", str(tmp_path / "bad"), "--frames", "1"]) == 2
+    assert "frames must be at least 2" in capsys.readouterr().err
