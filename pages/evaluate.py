@@ -78,7 +78,44 @@ if pf_path.is_file():
 else:
     st.caption("No per-frame table in this model.")
 
-RELIABILITY_SLOT = st.container()
+st.subheader("Can the probabilities be trusted? (calibration)")
+calib_path = path / "calibration.json"
+if not calib_path.is_file():
+    st.info("This model is not calibrated yet. Train with 'Calibrate probabilities after training' ticked.")
+else:
+    from tapcore.calibration import reliability_frame
+
+    calib = json.loads(calib_path.read_text())
+    mode = st.radio("Diagram", ["top", "positive"], horizontal=True, key="eval_rel_mode",
+                    format_func={"top": "confidence of the predicted class", "positive": "event probability"}.get)
+    st.write(
+        "A reliable model's points lie on the diagonal: of all windows given 80 % probability, about "
+        "80 % are right. ECE (expected calibration error) is the average gap; lower is better. "
+        f"Fitted on {calib.get('n_samples', '?')} validation windows; temperature "
+        f"T = {calib.get('temperature', float('nan')):.2f}."
+    )
+    cols = st.columns(2)
+    for col, tag, title in ((cols[0], "before", "Before calibration"), (cols[1], "after", "After calibration")):
+        data = (calib.get(f"reliability_{tag}") or {}).get(mode)
+        ece_value = (calib.get(f"ece_{tag}") or {}).get(mode)
+        if not data:
+            col.caption(f"{title}: no data")
+            continue
+        rel = reliability_frame(data)
+        rel = rel[rel["count"] > 0]
+        fig = go.Figure()
+        fig.add_trace(go.Bar(x=(rel["bin_lower"] + rel["bin_upper"]) / 2, y=rel["accuracy"],
+                             width=(rel["bin_upper"] - rel["bin_lower"]) * 0.9, name="observed",
+                             marker_color="#1f77b4", customdata=rel["count"],
+                             hovertemplate="bin %{x:.2f}: observed %{y:.2f} (%{customdata} windows)<extra></extra>"))
+        fig.add_trace(go.Scatter(x=rel["confidence"], y=rel["accuracy"], mode="markers", name="mean confidence",
+                                 marker=dict(color="#ff7f0e", size=8)))
+        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line=dict(dash="dash", color="gray")))
+        label = "predicted probability" if mode == "top" else "event probability"
+        fig.update_layout(title=f"{title}: ECE = {ece_value:.3f}" if ece_value is not None else title,
+                          xaxis=dict(range=[0, 1], title=label), yaxis=dict(range=[0, 1], title="observed frequency"),
+                          height=360, margin=dict(l=10, r=10, t=40, b=40), legend=dict(orientation="h", y=-0.25))
+        col.plotly_chart(fig, width="stretch", key=f"eval_rel_{tag}")
 
 st.header("Strategy comparisons")
 done = [j for j in job_queue().list(states=("done",), kind="compare")]

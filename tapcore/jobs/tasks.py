@@ -111,7 +111,7 @@ def task_train_head(params: dict[str, Any], run_dir: Path, progress: ProgressFn)
     if params.get("calibrate", True):
         from tapcore.calibration import calibrate_bundle
 
-        calibrate_bundle(out, movie=movie, masks=masks, progress=progress)
+        calibrate_bundle(out, movie=movie, masks=masks, device=job_device(), progress=progress)
         outputs["calibration"] = "model/calibration.json"
     return outputs
 
@@ -126,7 +126,7 @@ def task_calibrate(params: dict[str, Any], run_dir: Path, progress: ProgressFn) 
     movie = ws.load_movie(params["dataset"])
     from tapcore.calibration import calibrate_bundle
 
-    calibrate_bundle(path, movie=movie, masks=masks, progress=progress)
+    calibrate_bundle(path, movie=movie, masks=masks, device=job_device(), progress=progress)
     return {"calibration": str(path / "calibration.json")}
 
 
