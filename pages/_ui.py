@@ -277,3 +277,14 @@ def add_mask_overlay(fig: go.Figure, mask_frame: np.ndarray, stride: int = 1) ->
             fig.add_trace(go.Scatter(x=sub.x, y=sub.y, mode="markers", name=f"{name} (ground truth)",
                                      marker=dict(symbol="circle-open", size=18, color=EVENT_COLORS[value], line=dict(width=2)),
                                      hovertemplate=f"{name}<br>x=%{{x:.0f}} y=%{{y:.0f}}<extra></extra>"))
+
+
+def per_class_table(test: dict[str, Any], class_names: list[str] | None = None) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class from a bundle's test metrics (its confusion matrix)."""
+    from tapcore.metrics import per_class_precision_recall
+
+    cm = np.asarray(test.get("confusion_matrix") or [], dtype=np.int64)
+    if cm.size == 0:
+        return pd.DataFrame()
+    names = class_names or test.get("class_names") or [str(k) for k in range(cm.shape[0])]
+    return per_class_precision_recall(cm, names)

