@@ -328,7 +328,7 @@ def build_crop_pairs(masks: np.ndarray, cfg: Optional[CropPairConfig] = None,
     if cfg.balance_train:
         train = _balance(rng, train, n_classes)
     pairs = CropPairs(train, val, test, cfg, class_names, (t_len, height, width), int(total), before, regions)
-    logger.info("crop pairs: %s", pairs.to_dict())
+    logger.debug("crop pairs: %s", pairs.to_dict())
     return pairs
 
 

@@ -1,0 +1,163 @@
+"""CLI: ``tapcore events`` (build + summarise crop pairs), ``tapcore train-head``, ``tapcore compare``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _load(movie_path: str, masks_path: str | None):
+    """Movie and masks from a TIFF/frame folder + masks file, or a CTC folder (masks optional)."""
+    from tapcore.io import read_input, read_masks
+
+    inp = read_input(movie_path)
+    movie = inp.movie
+    if masks_path:
+        masks = read_masks(masks_path, movie.shape)
+    elif inp.masks is not None:
+        masks = inp.masks
+    else:
+        raise ValueError(f"{movie_path} carries no event masks: give a MASKS file (0 none, 1 division, 2 death) "
+                         "or a Cell Tracking Challenge folder with lineage ground truth")
+    return movie, masks
+
+
+def _add_dataset_args(p: argparse.ArgumentParser, criterion: bool = True, data_seed: bool = True) -> None:
+    from tapcore.events.dataset import CRITERIA, SPLITS, TASKS, CropPairConfig
+
+    d = CropPairConfig()
+    if criterion:
+        p.add_argument("--criterion", default=d.criterion, choices=CRITERIA, help="labelling criterion (default %(default)s)")
+    p.add_argument("--min-area", type=int, default=d.min_area,
+                   help="size_either: a crop is positive with more than this many event pixels (default %(default)s)")
+    p.add_argument("--split", default=d.split, choices=SPLITS, help="train/val/test split (default %(default)s)")
+    p.add_argument("--task", default=d.task, choices=TASKS, help="binary event task or three classes (default %(default)s)")
+    p.add_argument("--pairs-per-frame", type=int, default=d.pairs_per_frame,
+                   help="random crops per consecutive frame pair (paper %(default)s)")
+    p.add_argument("--crop", type=int, default=d.crop, help="crop side in pixels (paper %(default)s)")
+    if data_seed:
+        p.add_argument("--data-seed", type=int, default=d.seed,
+                       help="seed of crop sampling and split (default %(default)s)")
+
+
+def _dataset_cfg(args: argparse.Namespace):
+    from tapcore.events.dataset import CropPairConfig
+
+    seed = args.data_seed if hasattr(args, "data_seed") else args.seed
+    return CropPairConfig(crop=args.crop, pairs_per_frame=args.pairs_per_frame,
+                          criterion=getattr(args, "criterion", None) or CropPairConfig.criterion,
+                          min_area=args.min_area, task=args.task, split=args.split, seed=seed).validate()
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tap", default=None, help="TAP bundle folder (tapcore pretrain); required for A strategies")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: paper, 10 linear / 30 ResNet)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=108, help="batch size (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--feature-margin", type=int, default=16,
+                   help="strategy C: image context pixels around the crop (default %(default)s)")
+    p.add_argument("--out", required=True, help="output folder")
+
+
+def _head_cfg(args: argparse.Namespace, strategy: str, seed: int):
+    from tapcore.events.train import HeadConfig
+
+    return HeadConfig(strategy=strategy, head=getattr(args, "head", None), epochs=args.epochs, lr=args.lr,
+                      batch_size=args.batch_size, seed=seed, device=args.device, dataset=_dataset_cfg(args),
+                      feature_margin=args.feature_margin, num_threads=args.threads).validate()
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    from tapcore.events.dataset import build_crop_pairs
+
+    movie, masks = _load(args.movie, args.masks)
+    pairs = build_crop_pairs(masks, _dataset_cfg(args), movie.shape)
+    print(pairs.summary().to_string())
+    if args.json:
+        print(json.dumps(pairs.to_dict()))
+    return 0
+
+
+def _cmd_train_head(args: argparse.Namespace) -> int:
+    from tapcore.events.train import train_head
+
+    movie, masks = _load(args.movie, args.masks)
+    cfg = _head_cfg(args, args.strategy, args.seed)
+
+    def show(rec: dict[str, Any]) -> None:
+        if rec.get("kind") == "epoch":
+            print(f"epoch {rec['epoch']}/{rec['epochs']}: train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.3f}"
+                  f" | val loss {rec['val_loss']:.4f} acc {rec['val_acc']:.3f} | {rec['elapsed_s']:.0f} s", flush=True)
+
+    res = train_head(movie, masks, args.tap, cfg, args.out, progress=show)
+    t = res.metrics["test"]
+    print(f"test ({res.metrics['split']['split']} split, {t['n']} pairs): confusion matrix {t['confusion_matrix']}")
+    for k, name in enumerate(t["class_names"]):
+        print(f"  class {k} ({name}): precision {t['precision'][k]:.3f} recall {t['recall'][k]:.3f}")
+    print(f"head bundle: {Path(args.out).resolve()} (metrics.json, val_logits.npy for calibration)")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from tapcore.events.compare import CompareConfig, compare
+
+    movie, masks = _load(args.movie, args.masks)
+    strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
+    criteria = tuple(c.strip() for c in args.criteria.split(",") if c.strip())
+    cfg = CompareConfig(strategies=strategies, criteria=criteria, repeats=args.repeats, seed=args.seed,
+                        head=_head_cfg(args, strategies[0] if strategies else "A1", args.seed),
+                        keep_bundles=args.keep_bundles)
+
+    def show(rec: dict[str, Any]) -> None:
+        print(f"[{rec['step']}/{rec['steps']}] {rec['criterion']} {rec['strategy']} repeat {rec['repeat']}: "
+              + " ".join(f"{k} {v:.3f}" for k, v in rec.items() if k.startswith(("prec_", "rec_"))), flush=True)
+
+    res = compare(movie, masks, args.tap, cfg, args.out, progress=show)
+    print((res.out_dir / "table.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("events", help="build event crop pairs from a movie and masks and print a summary",
+                              description="Sample crop pairs (t, t+1), label them and print the paper's Table 1.")
+    p.add_argument("movie", help="movie TIFF, frame folder, or Cell Tracking Challenge folder")
+    p.add_argument("masks", nargs="?", default=None, help="event masks TIFF (optional for a CTC folder)")
+    _add_dataset_args(p, data_seed=False)
+    p.add_argument("--seed", type=int, default=0, help="sampling and split seed (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="also print the counts as JSON")
+    p.set_defaults(func=_cmd_events)
+
+    from tapcore.events.heads import HEADS
+    from tapcore.events.train import STRATEGIES
+
+    p = subparsers.add_parser("train-head", help="train an event head (strategy A0..C1) and write a head bundle",
+                              description="Train one event head on crop pairs; writes config.json, weights.pt, "
+                                          "metrics.json, val_logits.npy/val_labels.npy (for calibration).")
+    p.add_argument("movie", help="movie TIFF, frame folder, or Cell Tracking Challenge folder")
+    p.add_argument("masks", nargs="?", default=None, help="event masks TIFF (optional for a CTC folder)")
+    p.add_argument("--strategy", default="A1", choices=list(STRATEGIES), help="default %(default)s")
+    p.add_argument("--head", default=None, choices=list(HEADS), help="override the strategy's head")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default %(default)s)")
+    _add_dataset_args(p)
+    _add_training_args(p)
+    p.set_defaults(func=_cmd_train_head)
+
+    p = subparsers.add_parser("compare", help="strategies x criteria x repeats -> mean ± std tables (paper Table 2/5)",
+                              description="Writes runs.csv, table.csv, table.md and table.json to --out.")
+    p.add_argument("movie", help="movie TIFF, frame folder, or Cell Tracking Challenge folder")
+    p.add_argument("masks", nargs="?", default=None, help="event masks TIFF (optional for a CTC folder)")
+    p.add_argument("--strategies", default="A0,A1,B0,B1,C0,C1", help="comma-separated (default %(default)s)")
+    p.add_argument("--criteria", default="size_either", help="comma-separated labelling criteria (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=10, help="runs per strategy (paper %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="first training seed (default %(default)s)")
+    p.add_argument("--keep-bundles", action="store_true", help="keep every run's head bundle under OUT/runs")
+    _add_dataset_args(p, criterion=False)
+    _add_training_args(p)
+    p.set_defaults(func=_cmd_compare)

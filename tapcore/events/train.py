@@ -1,0 +1,447 @@
+"""Train an event head with one of the paper's strategies (Table 2) and write a head bundle.
+
+Strategies (``HeadConfig.strategy``), each with the linear (0) or ResNet (1) head:
+
+- ``A``: TAP backbone, frozen. Features are computed once per whole frame and reused;
+- ``B``: the same U-Net architecture, randomly initialised (Kaiming uniform, seeded by ``seed``), frozen;
+- ``C``: randomly initialised and trained end to end on image crops (with ``feature_margin`` pixels
+  of image context around the head's window).
+
+Training (research code): Adam, lr 1e-3, batch 108, class-balanced training set, softmax cross-entropy;
+10 epochs for the linear head, 30 for the ResNet head. The bundle folder ``out_dir`` holds
+``config.json``, ``weights.pt``, ``metrics.json`` (test and validation metrics), ``manifest.json``, and
+
+- ``val_logits.npy`` ``(N_val, K) float32`` / ``val_labels.npy`` ``(N_val,) int64``: the validation
+  set's logits for fitting temperature scaling (``tapcore.calibration``);
+- ``test_logits.npy`` / ``test_labels.npy`` / ``test_coords.npy`` ``(N_test, 3) [t, y, x]``;
+- ``per_frame.csv``: the per-frame distributions of the test set (paper Figures 3-4);
+- ``metrics.jsonl``: one record per epoch (also sent to the ``progress`` callback).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tapcore.config import config_to_dict
+from tapcore.events.dataset import CropPairConfig, CropPairs, build_crop_pairs, extract_crops
+from tapcore.events.features import FeatureConfig, FrameFeatures, frame_features
+from tapcore.events.heads import HEADS, build_head
+from tapcore.events.model import EventModel, build_backbone, tap_config_dict
+from tapcore.progress import ProgressFn
+
+logger = logging.getLogger(__name__)
+
+#: strategy -> (features, head, frozen backbone)
+STRATEGIES: dict[str, tuple[str, str, bool]] = {
+    "A0": ("tap", "linear", True),
+    "A1": ("tap", "resnet", True),
+    "B0": ("random", "linear", True),
+    "B1": ("random", "resnet", True),
+    "C0": ("random", "linear", False),
+    "C1": ("random", "resnet", False),
+}
+#: paper's fine-tuning epochs per head family
+PAPER_EPOCHS = {"linear": 10, "linear_invariant": 10, "resnet": 30, "resnet_order": 30}
+
+
+@dataclass
+class HeadConfig:
+    """One event-head training run (paper defaults)."""
+
+    strategy: str = "A1"  # "A0".."C1": A TAP frozen, B random frozen, C random end to end; 0 linear, 1 ResNet
+    head: Optional[str] = None  # override the strategy's head ("linear_invariant", "resnet_order", ...); None = 0/1
+    epochs: Optional[int] = None  # None = paper default: 10 for linear heads, 30 for ResNet heads
+    lr: float = 1e-3  # Adam learning rate (research code)
+    batch_size: int = 108  # research code
+    seed: int = 0  # head init, batch order and (B, C) the random backbone
+    device: str = "auto"  # "auto" | "cpu" | "cuda[:N]"
+    dataset: CropPairConfig = field(default_factory=CropPairConfig)  # crop, criterion, split, task, ...
+    feature_margin: int = 16  # C only: image context pixels around the head's window for the backbone
+    features: FeatureConfig = field(default_factory=FeatureConfig)  # A, B: whole-frame feature computation
+    eval_batch: int = 256  # pairs per evaluation batch
+    epoch_val_pairs: Optional[int] = 2000  # per-epoch validation on this many fixed random val pairs (None: all);
+    # the final validation logits (for calibration) always cover the whole validation set
+    num_threads: Optional[int] = None  # torch CPU threads (None: leave torch's setting)
+    pmin: float = 1.0  # movie normalisation percentiles (as in TAP pretraining)
+    pmax: float = 99.8
+
+    def validate(self) -> "HeadConfig":
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
+        if self.head is not None and self.head not in HEADS:
+            raise ValueError(f"unknown event head {self.head!r}; valid heads: {', '.join(HEADS)}")
+        if self.epochs is not None and int(self.epochs) < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.lr <= 0 or self.batch_size < 1 or self.eval_batch < 1:
+            raise ValueError(f"lr, batch_size and eval_batch must be positive (got {self.lr}, {self.batch_size}, "
+                             f"{self.eval_batch})")
+        if self.feature_margin < 0:
+            raise ValueError(f"feature_margin must be >= 0, got {self.feature_margin}")
+        self.dataset.validate()
+        return self
+
+    @property
+    def head_name(self) -> str:
+        return self.head or STRATEGIES[self.strategy][1]
+
+    @property
+    def n_epochs(self) -> int:
+        return int(self.epochs) if self.epochs is not None else PAPER_EPOCHS[self.head_name]
+
+
+@dataclass
+class HeadResult:
+    """What :func:`train_head` returns (everything is also in the bundle folder)."""
+
+    path: Path
+    model: EventModel
+    pairs: CropPairs
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    confusion: np.ndarray  # (K, K) rows = truth, columns = prediction (test set)
+    precision: np.ndarray  # (K,)
+    recall: np.ndarray  # (K,)
+    val_logits: np.ndarray  # (N_val, K)
+    val_labels: np.ndarray  # (N_val,)
+    test_logits: np.ndarray  # (N_test, K)
+    test_labels: np.ndarray  # (N_test,)
+    train_time_s: float
+
+
+def random_backbone(tap_config: dict[str, Any], seed: int) -> nn.Module:
+    """The TAP backbone architecture with Kaiming-uniform weights (paper's B and C), seeded."""
+    torch.manual_seed(seed)
+    backbone = build_backbone(tap_config)
+    for m in backbone.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.kaiming_uniform_(m.weight, a=0.01, nonlinearity="leaky_relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return backbone
+
+
+class _Source:
+    """Batches of network inputs for crop pairs: feature windows (frozen) or image windows (end to end)."""
+
+    def __init__(self, feats: Optional[FrameFeatures], movie_norm: np.ndarray, crop: int, head_margin: int,
+                 feature_margin: int):
+        self.feats, self.movie_norm = feats, movie_norm
+        self.crop, self.head_margin, self.feature_margin = crop, head_margin, feature_margin
+
+    def __call__(self, coords: np.ndarray, device: str) -> torch.Tensor:
+        if self.feats is not None:
+            x = self.feats.windows(coords, self.crop, self.head_margin)  # (B, 2, C, w, w)
+        else:
+            x = torch.from_numpy(extract_crops(self.movie_norm, coords, self.crop,
+                                               self.head_margin + self.feature_margin))  # (B, 2, 1, w', w')
+        return x.to(device, non_blocking=True)
+
+
+def train_one_epoch(net: nn.Module, source: _Source, coords: np.ndarray, labels: np.ndarray,
+                    opt: torch.optim.Optimizer, batch_size: int, rng: np.random.Generator, device: str,
+                    on_step=None) -> dict[str, float]:
+    """One pass over the (shuffled) training pairs; returns mean loss and accuracy."""
+    net.train()
+    order = rng.permutation(len(labels))
+    total_loss, correct, seen = 0.0, 0, 0
+    steps = (len(order) + batch_size - 1) // batch_size
+    for step, i in enumerate(range(0, len(order), batch_size), start=1):
+        idx = order[i:i + batch_size]
+        x = source(coords[idx], device)
+        y = torch.from_numpy(labels[idx]).to(device)
+        logits = net(x)  # (B, K)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total_loss += float(loss.detach()) * len(idx)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(idx)
+        if on_step is not None:
+            on_step(step, steps)
+    return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, source: _Source, coords: np.ndarray, batch_size: int, device: str) -> np.ndarray:
+    """Logits ``(N, K) float32`` of crop pairs (eval mode)."""
+    net.eval()
+    out = []
+    for i in range(0, len(coords), batch_size):
+        out.append(net(source(coords[i:i + batch_size], device)).float().cpu())
+    k = getattr(net, "n_classes", None) or getattr(getattr(net, "head", None), "n_classes", 2)
+    return torch.cat(out).numpy() if out else np.zeros((0, k), np.float32)
+
+
+def split_metrics(logits: np.ndarray, labels: np.ndarray, frames: np.ndarray, n_classes: int,
+                  class_names: list[str]) -> dict[str, Any]:
+    """Confusion matrix, per-class precision/recall, loss and accuracy of one split (JSON-able)."""
+    from tapcore import metrics as M
+
+    pred = logits.argmax(1) if len(logits) else np.zeros(0, np.int64)
+    cm = np.asarray(M.confusion_matrix(labels, pred, n_classes))
+    pr = M.per_class_precision_recall(cm)
+    precision, recall = _pr_arrays(pr, n_classes)
+    loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()) if len(labels) else float("nan")
+    return {
+        "n": int(len(labels)),
+        "class_names": class_names,
+        "confusion_matrix": cm.tolist(),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
+        "loss": loss,
+    }
+
+
+def _pr_arrays(pr: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall arrays from ``metrics.per_class_precision_recall`` (DataFrame, dict or tuple)."""
+    if isinstance(pr, tuple) and len(pr) >= 2:
+        return np.asarray(pr[0], float), np.asarray(pr[1], float)
+    if hasattr(pr, "columns"):  # DataFrame with precision / recall columns, one row per class
+        return pr["precision"].to_numpy(float)[:n_classes], pr["recall"].to_numpy(float)[:n_classes]
+    if isinstance(pr, dict):
+        return np.asarray(pr["precision"], float), np.asarray(pr["recall"], float)
+    raise TypeError(f"unexpected per_class_precision_recall result {type(pr).__name__}")
+
+
+def _manifest(movie: np.ndarray, masks: np.ndarray, cfg: HeadConfig, device: str, tap_bundle: Optional[str],
+              extra: dict[str, Any]) -> dict[str, Any]:
+    from tapcore.utils import environment_info, read_json, sha256_array
+
+    tap_id = None
+    if tap_bundle and (Path(tap_bundle) / "manifest.json").is_file():
+        tap_id = read_json(Path(tap_bundle) / "manifest.json").get("bundle_id")
+    return {
+        "tap_bundle_id": tap_id,
+        "movie_sha256": sha256_array(movie),
+        "masks_sha256": sha256_array(masks),
+        "movie_shape": list(movie.shape),
+        "seed": int(cfg.seed),
+        "dataset_seed": int(cfg.dataset.seed),
+        "tap_bundle": str(tap_bundle) if tap_bundle else None,
+        **extra,
+        **environment_info(device),
+    }
+
+
+def _load_tap(tap_bundle: Optional[str | os.PathLike], device: str) -> tuple[Optional[nn.Module], dict[str, Any]]:
+    """The TAP model (or None) and its config dict; default TapConfig when no bundle is given."""
+    if tap_bundle is None:
+        from tapcore.tap.model import TapConfig
+
+        return None, config_to_dict(TapConfig())
+    from tapcore.bundle import load_tap_model
+
+    tap = load_tap_model(tap_bundle, device="cpu")
+    return tap, tap_config_dict(tap)
+
+
+def prepare_backbone(cfg: HeadConfig, tap_bundle: Optional[str | os.PathLike]) -> tuple[nn.Module, dict[str, Any]]:
+    """The strategy's backbone (TAP weights for A, Kaiming-uniform random for B and C) and the TAP config."""
+    kind = STRATEGIES[cfg.strategy][0]
+    if kind == "tap" and tap_bundle is None:
+        raise ValueError(f"strategy {cfg.strategy} uses TAP features: pass a TAP bundle (--tap DIR), "
+                         "made by tapcore pretrain")
+    tap, tap_cfg = _load_tap(tap_bundle, "cpu")
+    if kind == "tap":
+        assert tap is not None
+        return tap.backbone, tap_cfg
+    return random_backbone(tap_cfg, cfg.seed), tap_cfg
+
+
+def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | os.PathLike], cfg: HeadConfig,
+               out_dir: str | os.PathLike, progress: Optional[ProgressFn] = None, *,
+               pairs: Optional[CropPairs] = None, movie_norm: Optional[np.ndarray] = None,
+               backbone: Optional[nn.Module] = None) -> HeadResult:
+    """Train one event head and write a self-contained ``event_head`` bundle to ``out_dir``.
+
+    Args:
+        movie: raw movie ``(T, Y, X)`` (normalised per frame inside, percentiles ``cfg.pmin``/``cfg.pmax``).
+        masks: event masks ``(T, Y, X)`` (0 none, 1 division, 2 death).
+        tap_bundle: TAP bundle folder (required for strategy A; for B and C it fixes the architecture,
+            default ``TapConfig`` when None).
+        cfg: :class:`HeadConfig`.
+        out_dir: bundle folder to write.
+        progress: callback receiving one dict per epoch (and feature/step records).
+        pairs, movie_norm, backbone: precomputed inputs (``tapcore.events.compare`` reuses them
+            across strategies and repeats).
+
+    Returns:
+        :class:`HeadResult` with test metrics and the validation logits for calibration.
+    """
+    from tapcore.bundle import save_bundle
+    from tapcore.io import check_masks, normalize_movie
+    from tapcore.progress import MetricsLog, chain
+    from tapcore.utils import resolve_device, seed_everything, sha256_array
+
+    cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset)).validate()
+    movie = np.asarray(movie)
+    if movie.ndim != 3:
+        raise ValueError(f"the movie must be (T, Y, X); got shape {movie.shape}")
+    masks = check_masks(masks, movie)
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    out_dir = Path(out_dir)
+    t_start = time.time()
+    if pairs is None:
+        pairs = build_crop_pairs(masks, cfg.dataset, movie.shape)
+    if movie_norm is None:
+        movie_norm = normalize_movie(movie, cfg.pmin, cfg.pmax)
+    feature_kind, _, frozen = STRATEGIES[cfg.strategy]
+    if backbone is None:
+        backbone, tap_cfg = prepare_backbone(cfg, tap_bundle)
+    else:
+        tap_cfg = _load_tap(tap_bundle, "cpu")[1]
+    seed_everything(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh log for this run
+    emit = chain(progress, MetricsLog(out_dir / "metrics.jsonl"))
+    crop = int(cfg.dataset.crop)
+    n_classes = pairs.n_classes
+
+    feats: Optional[FrameFeatures] = None
+    if frozen:
+        feats = frame_features(backbone, movie_norm, sha256_array(movie), cfg.features, device, progress)
+        in_channels = feats.channels
+    else:
+        with torch.no_grad():
+            in_channels = int(backbone.eval()(torch.zeros(1, 1, 16, 16)).shape[1])
+    torch.manual_seed(cfg.seed)
+    head = build_head(cfg.head_name, in_channels=in_channels, n_classes=n_classes, crop=crop)
+    model = EventModel(backbone, head, feature_margin=0 if frozen else int(cfg.feature_margin))
+    model.to(device)
+    if frozen:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        model.backbone.eval()
+        net: nn.Module = model.head
+        params = list(model.head.parameters())
+    else:
+        net = model
+        params = list(model.parameters())
+    if device == "cpu":
+        net.to(memory_format=torch.channels_last)
+    source = _Source(feats, movie_norm, crop, head.margin, model.feature_margin)
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    epochs = cfg.n_epochs
+    history: list[dict[str, Any]] = []
+    train_coords, train_labels = pairs.train.coords, pairs.train.labels
+    n_val = len(pairs.val)
+    val_pick = np.arange(n_val)
+    if cfg.epoch_val_pairs is not None and n_val > int(cfg.epoch_val_pairs):
+        val_pick = np.sort(np.random.default_rng(cfg.seed + 7919).choice(n_val, int(cfg.epoch_val_pairs), replace=False))
+    val_coords_epoch, val_labels_epoch = pairs.val.coords[val_pick], pairs.val.labels[val_pick]
+    logger.info("train_head %s (%s head, %d epochs) on %d training pairs, device %s", cfg.strategy,
+                cfg.head_name, epochs, len(train_labels), device)
+    t_train = time.time()
+    for epoch in range(1, epochs + 1):
+        def on_step(step: int, steps: int, _epoch: int = epoch) -> None:
+            if progress is not None:
+                progress({"stage": "train_head", "kind": "step", "epoch": _epoch, "epochs": epochs, "step": step,
+                          "steps": steps, "elapsed_s": time.time() - t_start})
+
+        rec = train_one_epoch(net, source, train_coords, train_labels, opt, cfg.batch_size, rng, device, on_step)
+        if frozen:
+            model.backbone.eval()
+        val_logits = evaluate(net, source, val_coords_epoch, cfg.eval_batch, device)
+        val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_labels_epoch)))
+        rec = {"stage": "train_head", "kind": "epoch", "epoch": epoch, "epochs": epochs, **rec,
+               "val_loss": val_loss, "val_acc": float((val_logits.argmax(1) == val_labels_epoch).mean()),
+               "val_pairs": int(len(val_pick)),
+               "elapsed_s": time.time() - t_start,
+               "pairs_per_s": len(train_labels) * epoch / max(time.time() - t_train, 1e-9)}
+        history.append(rec)
+        emit(rec)
+    train_time = time.time() - t_train
+
+    test_logits = evaluate(net, source, pairs.test.coords, cfg.eval_batch, device)
+    val_logits = evaluate(net, source, pairs.val.coords, cfg.eval_batch, device)
+    test_m = split_metrics(test_logits, pairs.test.labels, pairs.test.coords[:, 0], n_classes, pairs.class_names)
+    val_m = split_metrics(val_logits, pairs.val.labels, pairs.val.coords[:, 0], n_classes, pairs.class_names)
+    per_frame = _per_frame(pairs.test.coords[:, 0], pairs.test.labels, test_logits, movie.shape[0] - 1)
+    metrics = {
+        "strategy": cfg.strategy,
+        "head": cfg.head_name,
+        "features": feature_kind,
+        "frozen_backbone": frozen,
+        "criterion": cfg.dataset.criterion,
+        "task": cfg.dataset.task,
+        "split": pairs.split_info(),
+        "dataset": pairs.to_dict(),
+        "epochs": epochs,
+        "train_time_s": train_time,
+        "total_time_s": time.time() - t_start,
+        "test": test_m,
+        "val": val_m,
+        "history": history,
+        "calibration_inputs": {"val_logits": "val_logits.npy", "val_labels": "val_labels.npy"},
+    }
+    config = {
+        "tap_config": tap_cfg,
+        "head": cfg.head_name,
+        "crop": crop,
+        "margin": head.margin,
+        "feature_margin": model.feature_margin,
+        "in_channels": in_channels,
+        "n_classes": n_classes,
+        "class_names": pairs.class_names,
+        "strategy": cfg.strategy,
+        "frozen_backbone": frozen,
+        "normalize": {"pmin": cfg.pmin, "pmax": cfg.pmax},
+        "dataset": config_to_dict(cfg.dataset),
+        "split": pairs.split_info(),
+        "head_config": config_to_dict(cfg),
+    }
+    manifest = _manifest(movie, masks, cfg, device, str(tap_bundle) if tap_bundle else None,
+                         {"strategy": cfg.strategy, "split": cfg.dataset.split})
+    model.to("cpu")
+    model.to(memory_format=torch.contiguous_format)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_bundle(out_dir, kind="event_head", config=config, state_dict=state, metrics=metrics, manifest=manifest)
+    _write_arrays(out_dir, val_logits, pairs.val.labels, test_logits, pairs.test.labels, pairs.test.coords,
+                  per_frame)
+    model.config = config
+    model.eval()
+    emit({"stage": "train_head", "kind": "done", "epochs": epochs, "elapsed_s": time.time() - t_start,
+          "test_precision": test_m["precision"], "test_recall": test_m["recall"]})
+    return HeadResult(out_dir, model, pairs, metrics, history, np.asarray(test_m["confusion_matrix"]),
+                      np.asarray(test_m["precision"]), np.asarray(test_m["recall"]), val_logits, pairs.val.labels,
+                      test_logits, pairs.test.labels, train_time)
+
+
+def _per_frame(frames: np.ndarray, labels: np.ndarray, logits: np.ndarray, n_pairs: int):
+    """Per-frame distributions of the test set (``tapcore.metrics.per_frame_distributions``), class 1 positive."""
+    from tapcore import metrics as M
+
+    pred = logits.argmax(1) if len(logits) else np.zeros(0, np.int64)
+    return M.per_frame_distributions(frames, labels, pred, positive=1, all_frames=range(n_pairs))
+
+
+def _write_arrays(out_dir: Path, val_logits, val_labels, test_logits, test_labels, test_coords, per_frame) -> None:
+    import io as _io
+
+    from tapcore.utils import atomic_write_bytes, atomic_write_text
+
+    for name, arr in (("val_logits", val_logits.astype(np.float32)), ("val_labels", val_labels.astype(np.int64)),
+                      ("test_logits", test_logits.astype(np.float32)), ("test_labels", test_labels.astype(np.int64)),
+                      ("test_coords", test_coords.astype(np.int64))):
+        buf = _io.BytesIO()
+        np.save(buf, arr)
+        atomic_write_bytes(out_dir / f"{name}.npy", buf.getvalue())
+    if per_frame is not None:
+        atomic_write_text(out_dir / "per_frame.csv", per_frame.to_csv(index=True))
