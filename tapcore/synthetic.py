@@ -3,7 +3,8 @@
 This is the embedded demo and the test fixture. Every process carries an arrow of time, so that
 time arrow prediction (TAP) has something real to learn and the event heads have real events:
 
-- **growth**: a nucleus' area grows through its cell cycle; daughters are born small;
+- **growth**: through its cell cycle a nucleus grows and its brightness rises steadily (histone
+  content doubles before mitosis); daughters are born small and dim;
 - **mitosis**: in the frames before the split the mother condenses (smaller, rounder, brighter,
   smoother texture), then it splits into two daughters that move apart and relax;
 - **apoptosis**: a dying nucleus shrinks and brightens, fragments into pieces that drift apart,
@@ -43,11 +44,12 @@ class SynthConfig:
     width: int = 256  # frame width X
     cells: int = 25  # nuclei in the first frame
     max_cells: int = 80  # no new division starts once this many nuclei are alive
-    division_rate: float = 0.02  # probability per frame that a grown interphase nucleus enters mitosis
+    division_rate: float = 0.03  # per-frame probability of mitosis once a nucleus is past min_cycle_frames
+    # (each nucleus draws its cycle length at birth: min_cycle_frames + a geometric wait with this rate)
     death_rate: float = 0.006  # probability per frame that an interphase nucleus starts dying
     radius_min: float = 6.0  # radius of a newborn nucleus (mean of the two semi-axes)
-    radius_max: float = 10.0  # radius of a fully grown nucleus
-    growth_frames: float = 40.0  # frames for a newborn nucleus to grow from radius_min to radius_max
+    radius_max: float = 10.0  # radius of a nucleus about to divide
+    dna_growth: float = 1.0  # relative brightness gain over the cell cycle (1.0: doubles before mitosis)
     min_cycle_frames: int = 6  # a nucleus divides at the earliest this many frames after its birth
     mitosis_frames: int = 3  # frames of condensation before the split (the last one is marked)
     death_frames: int = 6  # frames from the start of apoptosis to disappearance (all marked)
@@ -123,6 +125,7 @@ class _Cell:
     vy: float
     vx: float
     age: float  # frames since birth (may start > 0 for the first nuclei)
+    cycle: float  # frames from birth to mitosis onset
     r0: float  # radius at birth
     aspect: float  # ratio of semi-axes (>= 1)
     theta: float  # orientation of the long axis
@@ -151,9 +154,18 @@ class _Obj:
     value: int  # mask value (0 none, 1 division, 2 death)
 
 
+def _progress(c: _Cell) -> float:
+    """Cell-cycle progress in [0, 1] (1 = ready for mitosis)."""
+    return float(min(c.age / c.cycle, 1.0))
+
+
 def _radius(cfg: SynthConfig, c: _Cell) -> float:
-    grown = c.r0 + (cfg.radius_max - cfg.radius_min) * min(c.age / cfg.growth_frames, 1.0)
-    return float(min(grown, cfg.radius_max))
+    return float(min(c.r0 + (cfg.radius_max - cfg.radius_min) * _progress(c), cfg.radius_max))
+
+
+def _cycle(cfg: SynthConfig, rng: np.random.Generator) -> float:
+    wait = rng.geometric(cfg.division_rate) - 1 if cfg.division_rate > 0 else 10 * cfg.frames
+    return float(cfg.min_cycle_frames + wait)
 
 
 def _new_texture(rng: np.random.Generator) -> np.ndarray:
@@ -178,9 +190,10 @@ def _initial_cells(cfg: SynthConfig, rng: np.random.Generator) -> list[_Cell]:
             min_dist *= 0.9  # crowded: accept the last position and relax the spacing
         ang = rng.uniform(0, 2 * np.pi)
         speed = rng.rayleigh(cfg.speed / 1.25)
+        cycle = _cycle(cfg, rng)
         cells.append(_Cell(
             cid=cid, y=y, x=x, vy=speed * np.sin(ang), vx=speed * np.cos(ang),
-            age=float(rng.uniform(0, cfg.growth_frames)), r0=float(rng.uniform(cfg.radius_min, cfg.radius_min * 1.1)),
+            age=float(rng.uniform(0, cycle)), cycle=cycle, r0=float(rng.uniform(cfg.radius_min, cfg.radius_min * 1.1)),
             aspect=float(rng.uniform(1.05, 1.5)), theta=float(rng.uniform(0, np.pi)),
             brightness=float(rng.uniform(0.75, 1.25)), tex=_new_texture(rng),
         ))
@@ -190,7 +203,8 @@ def _initial_cells(cfg: SynthConfig, rng: np.random.Generator) -> list[_Cell]:
 def _objects(cfg: SynthConfig, c: _Cell, marked: bool) -> list[_Obj]:
     """The blobs a nucleus shows in the current frame."""
     r = _radius(cfg, c)
-    aspect, bright, tex_amp = c.aspect, c.brightness, cfg.texture
+    aspect, tex_amp = c.aspect, cfg.texture
+    bright = c.brightness * (1.0 + cfg.dna_growth * _progress(c))
     if c.state == "mitosis":
         s = c.phase_frame / cfg.mitosis_frames  # (0, 1]: condensation progress
         r *= 1.0 - 0.3 * s
@@ -267,7 +281,7 @@ def _step(cfg, rng, cells, t, next_id, events, division_marks):
             for sign in (1.0, -1.0):
                 d = _Cell(
                     cid=next_id, y=c.y + sign * 0.9 * r * dy, x=c.x + sign * 0.9 * r * dx,
-                    vy=c.vy * 0.5, vx=c.vx * 0.5, age=0.0,
+                    vy=c.vy * 0.5, vx=c.vx * 0.5, age=0.0, cycle=_cycle(cfg, rng),
                     r0=float(rng.uniform(cfg.radius_min * 0.95, cfg.radius_min * 1.05)),
                     aspect=float(rng.uniform(1.05, 1.4)), theta=float(ang + rng.normal(0, 0.2)),
                     brightness=float(c.brightness * rng.uniform(0.9, 1.1)), tex=_new_texture(rng),
@@ -307,8 +321,7 @@ def _step(cfg, rng, cells, t, next_id, events, division_marks):
                 c.frag = np.stack([np.sin(angs), np.cos(angs)], axis=1) * rng.uniform(0.7, 1.3, size=(n, 1))
                 events.append({"frame": t, "last_frame": min(t + cfg.death_frames - 1, cfg.frames - 1),
                                "kind": "death", "cell_id": c.cid})
-            elif (u < cfg.death_rate + cfg.division_rate and c.age >= cfg.min_cycle_frames
-                  and n_alive + len(born) < cfg.max_cells):
+            elif c.age >= c.cycle and n_alive + len(born) < cfg.max_cells:
                 c.state, c.phase_frame = "mitosis", 1
                 split = t + cfg.mitosis_frames  # the daughters' first frame
                 if split < cfg.frames:  # the mother's last mark_frames frames carry value 1
