@@ -118,6 +118,9 @@ def _tiff_array(path: Path) -> tuple[np.ndarray, str]:
             )
             if stack_pages:
                 axes, shape = "I" + axes, (len(series),) + shape
+            elif len(series) > 1:
+                logger.warning("%s holds %d image series (e.g. stage positions); reading the first, %s %s",
+                               path, len(series), axes, shape)
             try:
                 if stack_pages:
                     data = np.stack([s.asarray() for s in series])
@@ -232,8 +235,8 @@ def _select_axes(
 def _check_movie_shape(data: np.ndarray, path: Path) -> None:
     if data.ndim == 2:
         raise ValueError(
-            f"{path} is a single 2-D image ({data.shape[0]} x {data.shape[1]}), not a movie; "
-            f"accepted: {ACCEPTED_MOVIES}"
+            f"{path} is a single 2-D image ({data.shape[0]} x {data.shape[1]}, one frame), not a movie; a movie "
+            f"needs at least two frames; accepted: {ACCEPTED_MOVIES}"
         )
     if data.ndim != 3:
         raise ValueError(f"{path} has shape {data.shape}; a movie must be (T, Y, X); accepted: {ACCEPTED_MOVIES}")
@@ -379,8 +382,8 @@ def normalize_movie(movie: np.ndarray, pmin: float = 1.0, pmax: float = 99.8) ->
     return out.reshape(movie.shape)
 
 
-def check_masks(masks: np.ndarray, movie: np.ndarray | tuple[int, ...] | None = None) -> np.ndarray:
-    """Validate event masks (against a movie or its shape) and return them as ``uint8``.
+def check_masks(masks: np.ndarray, movie: np.ndarray | tuple[int, ...] | list[int] | None = None) -> np.ndarray:
+    """Validate event masks (against a movie or its shape ``(T, Y, X)``) and return them as ``uint8``.
 
     Masks must be whole numbers in {0 (none), 1 (division), 2 (death)} with the movie's shape.
     """
@@ -410,7 +413,8 @@ def check_masks(masks: np.ndarray, movie: np.ndarray | tuple[int, ...] | None = 
     if masks.ndim != 3:
         raise ValueError(f"masks must be a movie (T, Y, X); got shape {masks.shape}")
     if movie is not None:
-        shape = tuple(movie) if isinstance(movie, tuple) else tuple(np.shape(movie))
+        is_shape = isinstance(movie, (tuple, list)) and all(isinstance(n, (int, np.integer)) for n in movie)
+        shape = tuple(int(n) for n in movie) if is_shape else tuple(np.shape(movie))
         if len(shape) != 3:
             raise ValueError(f"the movie must be (T, Y, X); got shape {shape}")
         if masks.shape[0] != shape[0]:

@@ -218,3 +218,11 @@ def test_cli_info_describes_or_explains(tmp_path, capsys):
     assert main(["info", str(tmp_path / "notes.txt")]) == 2
     err = capsys.readouterr().err
     assert "neither a TIFF nor a PNG" in err and "Traceback" not in err
+
+
+def test_check_masks_accepts_shape_as_list_or_tuple():
+    masks = np.zeros((3, 4, 5), np.uint8)
+    for shape in ((3, 4, 5), [3, 4, 5]):
+        assert io.check_masks(masks, shape).shape == (3, 4, 5)
+    with pytest.raises(ValueError, match="3 frames but the movie has 2"):
+        io.check_masks(masks, [2, 4, 5])
