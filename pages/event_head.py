@@ -19,6 +19,25 @@ CRITERIA = {
     "any_both": "event pixels in both frames",
 }
 
+PRESETS = {
+    "quick": {"label": "Quick test (a minute on a laptop)", "head_strategy": "A0", "head_epochs": 2, "head_crop": 32,
+              "head_pairs": 40, "head_criterion": "any_either", "head_min_area": 40},
+    "paper": {"label": "Paper settings (ResNet head, 30 epochs; GPU recommended)", "head_strategy": "A1",
+              "head_epochs": 30, "head_crop": 48, "head_pairs": 1000, "head_criterion": "size_either",
+              "head_min_area": 40},
+}
+
+
+def apply_preset() -> None:
+    for key, value in PRESETS[st.session_state["head_preset"]].items():
+        if key != "label":
+            st.session_state[key] = value
+
+
+if "head_epochs" not in st.session_state:  # first visit: the paper's settings
+    st.session_state["head_preset"] = "paper"
+    apply_preset()
+
 st.title("Event head")
 st.write(
     "The event head looks at a small square window in two consecutive frames and decides whether "
@@ -35,21 +54,23 @@ if dataset is not None and tap_ref is None:
     st.info("No TAP model yet: pretrain one on the **Pretrain** page first.")
 
 if dataset is not None and tap_ref is not None:
+    st.selectbox("Settings", list(PRESETS), format_func=lambda k: PRESETS[k]["label"], key="head_preset",
+                 on_change=apply_preset, help="Fills in the form below; you can still change any value.")
     with st.form("head_form"):
         strategy = st.selectbox("Strategy", list(STRATEGY_HELP), format_func=STRATEGY_HELP.get, key="head_strategy")
         c1, c2, c3 = st.columns(3)
         task = c1.radio("What to detect", ["event", "three_class"], key="head_task",
                         format_func={"event": "any event (division or death)",
                                      "three_class": "division vs death vs nothing"}.get)
-        epochs = c2.number_input("Epochs (passes over the training windows)", 1, 200, 10, key="head_epochs",
+        epochs = c2.number_input("Epochs (passes over the training windows)", 1, 200, key="head_epochs",
                                  help="Paper: 10 for linear heads, 30 for ResNet heads.")
-        crop = c3.number_input("Window size (px)", 16, 128, 48, step=8, key="head_crop",
+        crop = c3.number_input("Window size (px)", 16, 128, step=8, key="head_crop",
                                help="Side of the square window around a candidate event (paper: 48 px).")
         c4, c5, c6 = st.columns(3)
-        pairs = c4.number_input("Windows per frame pair", 10, 5000, 1000, step=10, key="head_pairs",
+        pairs = c4.number_input("Windows per frame pair", 10, 5000, step=10, key="head_pairs",
                                 help="Random windows sampled from each pair of consecutive frames (paper: 1000).")
         criterion = c5.selectbox("Labelling rule", list(CRITERIA), format_func=CRITERIA.get, key="head_criterion")
-        min_area = c6.number_input("N: minimum event pixels", 0, 10000, 40, key="head_min_area",
+        min_area = c6.number_input("N: minimum event pixels", 0, 10000, key="head_min_area",
                                    help="Only for the first labelling rule (paper: 40).")
         c7, c8 = st.columns(2)
         seed = c7.number_input("Random seed", 0, 1_000_000, 0, key="head_seed",

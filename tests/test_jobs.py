@@ -133,3 +133,107 @@ def test_cli_submit_and_jobs(tmp_path):
     out = subprocess.run([sys.executable, "-m", "tapcore.cli", "submit", str(bad)],
                          capture_output=True, text=True, env=env, cwd=ROOT)
     assert out.returncode == 2 and "unknown job kind 'fly'" in out.stderr
+
+
+# -- real jobs (tiny pretraining runs in their own processes) -------------------------------------
+def _tiny_pretrain(epochs: int) -> dict:
+    """Pretraining small enough for a CPU test: a 4-channel one-level U-Net, one step per epoch."""
+    return {"epochs": epochs, "samples_per_epoch": 8, "batch_size": 8, "patch": 32, "val_samples": 8,
+            "augment": {"enabled": False},
+            "model": {"base_channels": 4, "depth": 1, "features": 4, "head_channels": 4}}
+
+
+def _pretrain_spec(dataset: str, epochs: int) -> dict:
+    return {"kind": "pretrain", "params": {"dataset": dataset, "config": _tiny_pretrain(epochs)}}
+
+
+def _wait(cond, timeout: float, what: str, poll: float = 0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _start_worker(home: Path) -> subprocess.Popen:
+    env = {**os.environ, "TAPCORE_HOME": str(home)}
+    return subprocess.Popen([sys.executable, "-m", "tapcore.cli", "worker", "--device", "cpu", "--poll", "0.1"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def test_two_jobs_finish_in_order_and_survive_a_restart(tmp_path):
+    home = tmp_path / "ws"
+    ds = _dataset(home)
+    q = JobQueue(home)
+    first = q.submit(_pretrain_spec(ds, 1), owner="ann")
+    second = q.submit(_pretrain_spec(ds, 1), owner="bo")
+    assert Worker(home, device="cpu", poll=0.05).run(once=True) == 2
+    fresh = JobQueue(home)  # a restarted app sees everything that happened
+    a, b = fresh.get(first), fresh.get(second)
+    assert (a.state, b.state) == ("done", "done")
+    assert a.started <= a.ended <= b.started <= b.ended  # FIFO, one after the other
+    assert a.progress == 1.0 and a.error is None
+    for job in (a, b):
+        assert (job.run_dir / "model" / "config.json").is_file()
+        records = read_metrics(job.run_dir / "metrics.jsonl")
+        assert records[-1]["kind"] == "done" and any(r.get("train_loss") is not None for r in records)
+        assert json.loads((job.run_dir / "state.json").read_text())["state"] == "done"
+        assert json.loads((job.run_dir / "result.json").read_text()) == {"ok": True, "outputs": {"model": "model"}}
+    refs = [m.ref for m in Workspace(home).list_models(kind="tap")]
+    assert f"run:{first}" in refs and f"run:{second}" in refs
+
+
+def test_cancel_running_job_kills_its_process_group(tmp_path):
+    home = tmp_path / "ws"
+    ds = _dataset(home)
+    q = JobQueue(home)
+    job_id = q.submit(_pretrain_spec(ds, 500))
+    worker = _start_worker(home)
+    try:
+        pid = _wait(lambda: q.get(job_id).pid, 60, "the job to start")
+        assert q.cancel(job_id) == "running"  # the worker stops it
+        job = _wait(lambda: (j := q.get(job_id)).state == "cancelled" and j, 30, "the cancel")
+        assert job.error == "cancelled by the user"
+        _wait(lambda: not pid_alive(pid), 10, "the job process to end")
+        assert worker.poll() is None  # the worker itself keeps running
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+
+
+def test_killed_worker_leaves_job_interrupted_and_a_new_worker_resumes_it(tmp_path):
+    home = tmp_path / "ws"
+    ds = _dataset(home)
+    q = JobQueue(home)
+    epochs = 8
+    job_id = q.submit(_pretrain_spec(ds, epochs))
+    run_dir = q.run_dir(job_id)
+    worker = _start_worker(home)
+    try:
+        _wait(lambda: (run_dir / "model" / "checkpoint" / "last.pt").is_file()
+              and any(r.get("kind") == "epoch" for r in read_metrics(run_dir / "metrics.jsonl")),
+              120, "the first checkpoint")
+        child = q.get(job_id).pid
+        os.kill(worker.pid, signal.SIGKILL)  # the worker dies hard, mid-job
+        worker.wait(timeout=10)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    _wait(lambda: not pid_alive(child), 10, "the orphaned job process to stop")
+    assert q.get(job_id).state == "running"  # nobody has noticed yet
+    assert q.recover_stale() == [job_id]
+    assert q.get(job_id).state == "interrupted"
+    done_before = max(r["epoch"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "epoch")
+    assert done_before < epochs, "the job finished before the worker was killed; make it longer"
+
+    assert Worker(home, device="cpu", poll=0.05).run(once=True) == 1
+    job = q.get(job_id)
+    assert job.state == "done" and job.attempts == 2
+    epoch_records = [r["epoch"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
+    assert epoch_records.count(1) == 1  # resumed from the checkpoint, not restarted from scratch
+    assert sorted(set(epoch_records)) == list(range(1, epochs + 1))
+    log = (run_dir / "log.txt").read_text()
+    assert "--- resuming job" in log
