@@ -384,7 +384,12 @@ def events_from_ctc(folder: str | os.PathLike, sequence: str | None = "01") -> p
     """Divisions of a CTC sequence as annotated events (one row per division, movie frame indices)."""
     from tapcore import ctc
 
-    return ctc.load_ctc(folder, sequence).divisions
+    divisions = ctc.load_ctc(folder, sequence).divisions
+    located = divisions[np.isfinite(divisions["y"]) & np.isfinite(divisions["x"])]
+    if len(located) < len(divisions):
+        logger.warning("%d division(s) without a parent marker in its last frame are left out",
+                       len(divisions) - len(located))
+    return located.reset_index(drop=True)
 
 
 def read_events_csv(path: str | os.PathLike) -> pd.DataFrame:

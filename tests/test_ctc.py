@@ -42,6 +42,7 @@ def _check_masks_on_markers(seq: ctc.CTCSequence, tra: Path, divisions) -> None:
     assert set(np.unique(seq.masks).tolist()) <= {0, 1}
 
 
+@pytest.mark.shared_data
 def test_hela01_94_divisions_masks_on_markers(hela01):
     start = time.perf_counter()
     seq = ctc.load_ctc(hela01)
@@ -64,6 +65,7 @@ def test_hela01_94_divisions_masks_on_markers(hela01):
     assert elapsed < 20, f"loading hela01 took {elapsed:.1f} s"
 
 
+@pytest.mark.shared_data
 def test_psc01_window_starts_at_150(psc01):
     seq = ctc.load_ctc(psc01)
     assert seq.first_frame == 150 and seq.movie.shape == (101, 576, 720) and seq.movie.dtype == np.uint8
@@ -154,3 +156,14 @@ def test_cli_import_ctc(tmp_path, capsys):
     events = pd.read_csv(out / "events.csv")
     assert events.role.tolist() == ["parent", "daughter", "daughter"] and events.frame.tolist() == [1, 2, 2]
     assert main(["import-ctc", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    # the lineage as truth for event evaluation: the imported table's parent row matches it, and its
+    # daughter rows repeat the same division (false alarms unless duplicates are ignored)
+    from tapcore import evaluate
+
+    truth = evaluate.events_from_ctc(tmp_path / "ds")
+    assert truth[["frame", "last_frame", "y", "x"]].values.tolist() == [[1, 2, 10.0, 11.0]]
+    assert main(["evaluate-events", str(out / "events.csv"), "--ctc", str(tmp_path / "ds")]) == 0
+    assert "TP 1, false alarms 2, misses 0" in capsys.readouterr().out
+    assert main(["evaluate-events", str(out / "events.csv"), "--ctc", str(tmp_path / "ds"),
+                 "--duplicates", "ignore"]) == 0
+    assert "TP 1, false alarms 0, misses 0, duplicates ignored 2" in capsys.readouterr().out
