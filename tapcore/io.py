@@ -530,6 +530,7 @@ def read_input(
     masks: str | os.PathLike | None = None,
     channel: int | None = None,
     plane: int | str | None = None,
+    ctc_dilate: int = 0,
 ) -> MovieInput:
     """Read a movie (and event masks when available) from a TIFF, a frame folder or a CTC folder.
 
@@ -538,6 +539,8 @@ def read_input(
             (then the masks and event table come from its lineage, see :mod:`tapcore.ctc`).
         masks: optional event-mask file or folder for a TIFF / frame-folder movie.
         channel, plane: see :func:`read_movie`.
+        ctc_dilate: for a CTC folder, grow the marked markers by this many pixels in the masks
+            (see :func:`tapcore.ctc.load_ctc`; PhC-C2DL-PSC markers are 3 x 3 px).
     """
     path = _resolve(path)
     ctc_seq = find_ctc_sequence(path) if path.is_dir() else None
@@ -548,7 +551,7 @@ def read_input(
             raise ValueError(f"{path} is a Cell Tracking Challenge folder whose masks come from its lineage; "
                              "leave out the separate masks")
         root, seq = ctc_seq
-        loaded = ctc.load_ctc(root, sequence=seq)
+        loaded = ctc.load_ctc(root, sequence=seq, dilate=ctc_dilate)
         meta = {
             "path": str(path), "shape": list(loaded.movie.shape), "dtype": str(loaded.movie.dtype),
             "sequence": seq, "first_frame": int(loaded.first_frame),
