@@ -53,15 +53,16 @@ def predict_direct(dataset_id: str, sha256: str, model_path: str, model_mtime: f
 
     movie = ws.load_movie(dataset_id)
     pred = predict_movie(movie, model_path, PredictConfig(threshold=floor, device="cpu"))
-    return pred.prob_maps, pred.events, pred.per_frame
+    return pred.prob_maps, pred.events, pred.per_frame, pred.record
 
 
 def load_job_prediction(run_dir: Path):
     import tifffile
 
     out = run_dir / "prediction"
+    record = json.loads((out / "prediction.json").read_text()) if (out / "prediction.json").is_file() else {}
     return (np.asarray(tifffile.imread(out / "heatmaps.tif")), pd.read_csv(out / "events.csv"),
-            pd.read_csv(out / "per_frame.csv"))
+            pd.read_csv(out / "per_frame.csv"), record)
 
 
 result = None
@@ -89,7 +90,7 @@ else:
     result = load_job_prediction(job.run_dir)
     source_note = f"from job {job.id}"
 
-prob_maps, events, per_frame = result
+prob_maps, events, per_frame_all, pred_record = result
 movie = load_movie(dataset)
 
 st.header("Heatmap viewer")
@@ -129,6 +130,8 @@ with left:
 
 st.subheader("Events per frame")
 counts = kept.groupby("frame").size().reindex(range(prob_maps.shape[0]), fill_value=0)
+per_frame = per_frame_all.copy()
+per_frame["n_events"] = per_frame["frame"].map(counts).fillna(0).astype(int)  # at the chosen threshold
 bar = go.Figure(go.Bar(x=counts.index, y=counts.values, marker_color=EVENT_COLORS[1]))
 bar.update_layout(xaxis_title="frame t (event between t and t+1)", yaxis_title="events", height=250,
                   margin=dict(l=10, r=10, t=10, b=40))
@@ -183,7 +186,8 @@ def run_record() -> dict:
         "dataset": dataset.meta,
         "model": {"ref": model_ref, "config": read("config.json"), "manifest": read("manifest.json"),
                   "calibration": read("calibration.json"), "test_metrics": (read("metrics.json") or {}).get("test")},
-        "prediction": {"threshold": threshold, "events": int(len(kept)), "source": source_note},
+        "prediction": {"threshold": threshold, "events": int(len(kept)), "source": source_note,
+                       "record": pred_record},
         "environment": environment_info("cpu"),
     }
 
