@@ -122,12 +122,20 @@ def _check_table(name: str, table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _select_kind(table: pd.DataFrame, kind: str | None, name: str) -> pd.DataFrame:
+def _select_kind(table: pd.DataFrame, kind: str | None, name: str, *, predictions: bool = False) -> pd.DataFrame:
+    """Rows of one event kind, by the ``kind`` or ``class`` column.
+
+    Predictions of a binary model carry a generic class (e.g. ``"event"``) rather than an event
+    kind: when none of a prediction table's values names a kind, all its rows are kept.
+    """
     if kind is None:
         return table
     for col in ("kind", "class"):
         if col in table.columns:
             values = table[col].astype(str)
+            if predictions and not values.isin(list(KIND_NAMES.values())).any():
+                logger.info("%s name no event kinds in column %r; all rows are kept", name, col)
+                return table
             if not (values == kind).any() and len(table):
                 logger.warning("%s has no rows of kind %r (values: %s)", name, kind, sorted(set(values))[:5])
             return table[values == kind]
@@ -167,7 +175,7 @@ def match_events(
     truth = _check_table("annotated events", true_events)
     if "role" in truth.columns:
         truth = truth[truth["role"] == "parent"]
-    pred = _select_kind(pred, kind, "predicted events")
+    pred = _select_kind(pred, kind, "predicted events", predictions=True)
     truth = _select_kind(truth, kind, "annotated events")
 
     pf = pred["frame"].to_numpy(np.float64)

@@ -459,6 +459,8 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray, *, axes: str | None =
 
     path = Path(path)
     array = np.asarray(array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
     if axes is None:
         axes = {2: "YX", 3: "TYX", 4: "TCYX"}.get(array.ndim)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -147,3 +147,12 @@ def test_cli_evaluate_events(tmp_path, capsys):
     assert main(["evaluate-events", str(tmp_path / "pred.csv"), "--masks", str(tmp_path / "masks.tif")]) == 0
     assert "TP 1, false alarms 5, misses 0" in capsys.readouterr().out
     assert main(["evaluate-events", str(tmp_path / "missing.csv"), "--truth", str(tmp_path / "truth.csv")]) == 2
+
+
+def test_kind_selection_keeps_generic_predictions():
+    pred = _pred().assign(**{"class": "event"})  # a binary model's predictions name no kind
+    m = evaluate.match_events(pred, _truth(), radius=20, kind="death")
+    assert (m.tp, m.fn) == (1, 0)  # only the death is truth; p2 matches it
+    pred_kinds = _pred().assign(**{"class": ["division", "division", "division", "death", "death", "division"]})
+    m = evaluate.match_events(pred_kinds, _truth(), radius=20, kind="death")
+    assert (m.tp, m.fp, m.fn) == (0, 2, 1)  # p3 (2 frames late) and p4 are the only death predictions
