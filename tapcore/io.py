@@ -399,13 +399,19 @@ def check_masks(masks: np.ndarray, movie: np.ndarray | tuple[int, ...] | list[in
                 f"masks contain non-integer values (e.g. {bad.flat[0]!r}); masks must be integer images with "
                 "values 0 = no event, 1 = division, 2 = death"
             )
-    values = np.unique(masks)
-    bad_values = [v for v in values.tolist() if v not in MASK_VALUES]
+    in_range = masks.size == 0 or (masks.min() >= 0 and masks.max() <= 2)  # fast path for valid masks
+    bad_values = [] if in_range else [v for v in np.unique(masks).tolist() if v not in MASK_VALUES]
     if bad_values:
         counts = {v: int(np.count_nonzero(masks == v)) for v in bad_values[:5]}
         shown = ", ".join(f"{v:g} ({n} px)" for v, n in counts.items())
         more = f" and {len(bad_values) - 5} more" if len(bad_values) > 5 else ""
-        hint = " (for a binary 0/255 mask, divide it by 255)" if bad_values == [255] else ""
+        if bad_values == [255]:
+            hint = " (for a binary 0/255 mask, divide it by 255)"
+        elif len(bad_values) > 5:
+            hint = (" (this looks like a label image with one number per cell, e.g. CTC markers; for a Cell Tracking "
+                    "Challenge folder pass the folder itself and the divisions are derived from its lineage)")
+        else:
+            hint = ""
         raise ValueError(
             f"masks contain value(s) {shown}{more} outside {{0, 1, 2}}; use 0 = no event, 1 = division, "
             f"2 = death{hint}"
