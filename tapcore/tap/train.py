@@ -353,6 +353,8 @@ def pretrain(movie: np.ndarray, cfg: Optional[PretrainConfig] = None, out_dir: s
         train_frames, val_frames = _split_frames(train_np.shape[0], cfg)
         val_desc = {"source": "held-out last frames", "frames": list(val_frames)}
 
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     seed_everything(cfg.seed)
     model = TapModel(dataclasses.replace(cfg.model))
     model.to(device)

@@ -1,0 +1,170 @@
+"""CLI: ``tapcore pretrain MOVIE --out DIR`` and ``tapcore content-view MOVIE --model DIR --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _read(path: str, channel, plane):
+    from tapcore.io import read_input
+
+    if isinstance(plane, str) and plane.lstrip("-").isdigit():
+        plane = int(plane)
+    return read_input(path, channel=channel, plane=plane)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """PretrainConfig fields set on the command line (plus a --config JSON file underneath)."""
+    cfg: dict = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; --config takes a JSON file of PretrainConfig options")
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc})") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{path} must hold a JSON object of PretrainConfig options")
+    for name in ("epochs", "batch_size", "samples_per_epoch", "patch", "lr", "seed", "device", "val_fraction",
+                 "val_samples", "max_time_s", "weight_decay", "dt", "log_every"):
+        value = getattr(args, name)
+        if value is not None:
+            cfg[name] = value
+    if args.no_amp:
+        cfg["amp"] = False
+    if args.compile:
+        cfg["compile"] = True
+    if args.no_augment:
+        cfg.setdefault("augment", {})["enabled"] = False
+    return cfg
+
+
+def _print_epoch(record: dict) -> None:
+    if record.get("kind") != "epoch":
+        return
+    print(f"epoch {record['epoch']:>3}/{record['epochs']}  "
+          f"train loss {record['train_loss']:.4f} decorr {record['train_decorr']:.4f} acc {record['train_acc']:.3f} | "
+          f"val loss {record['val_loss']:.4f} decorr {record['val_decorr']:.4f} acc {record['val_acc']:.3f} | "
+          f"lr {record['lr']:.2e}  {record['pairs_per_s']:.0f} pairs/s  {record['elapsed_s']:.0f} s", flush=True)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from tapcore.config import config_from_dict
+    from tapcore.tap.train import PretrainConfig, pretrain
+
+    cfg = config_from_dict(PretrainConfig, _overrides(args))
+    cfg.validate()
+    movie = _read(args.movie, args.channel, args.plane).movie
+    val_movie = _read(args.val, args.channel, args.plane).movie if args.val else None
+    print(f"movie {args.movie}: {movie.shape[0]} frames of {movie.shape[1]} x {movie.shape[2]} px ({movie.dtype})"
+          + (f"; validation movie {args.val}" if args.val else f"; validation: last {cfg.val_fraction:.0%} of frames"),
+          flush=True)
+    result = pretrain(movie, cfg, args.out, val_movie=val_movie, progress=_print_epoch, resume=args.resume)
+    final = result.metrics["final"]
+    print(f"TAP bundle written to {result.out_dir} (val acc {final.get('val_acc', float('nan')):.3f} "
+          f"after {result.metrics['epochs_done']} epochs)")
+    return 0
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
+def _frames(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a frame range LO:HI, got {text!r}") from None
+    return lo, hi
+
+
+def cmd_content_view(args: argparse.Namespace) -> int:
+    from tapcore.tap.content_view import ContentViewConfig, content_view, write_content_view
+
+    cfg = ContentViewConfig(repeats=args.repeats, samples=args.samples, seed=args.seed, device=args.device,
+                            batch_size=args.batch_size, frames=args.frames)
+    if args.crops:
+        cfg.crops = args.crops
+    if args.resolutions:
+        cfg.resolutions = args.resolutions
+    if args.base_crop:
+        cfg.base_crop = args.base_crop
+    movie = _read(args.movie, args.channel, args.plane).movie
+
+    def _line(rec: dict) -> None:
+        if rec.get("kind") == "step":
+            print(f"[{rec['step']}/{rec['steps']}] {rec['setting']}: acc {rec['val_acc']:.3f}", flush=True)
+
+    result = content_view(movie, args.model, cfg, progress=_line)
+    paths = write_content_view(result, args.out)
+    sys.stdout.write(result.markdown())
+    print(f"written: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "pretrain", help="pretrain TAP features on a movie (self-supervised)",
+        description="Pretrain a time arrow prediction (TAP) model on a movie and write a TAP bundle. MOVIE is a "
+                    "multi-page TIFF, a folder of frames or a Cell Tracking Challenge folder. Defaults are the "
+                    "paper's (96 px patches, batch 152, 40 epochs of 50,000 pairs, lr 1e-4).")
+    p.add_argument("movie", help="movie: TIFF, frame folder or CTC folder")
+    p.add_argument("--val", help="validation movie (another location); default: hold out the last frames")
+    p.add_argument("--out", required=True, help="output bundle folder (also gets metrics.jsonl and checkpoint/)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="pairs per step (default 152)")
+    p.add_argument("--samples-per-epoch", dest="samples_per_epoch", type=int, help="pairs per epoch (default 50000)")
+    p.add_argument("--patch", type=int, help="patch size in px (default 96)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+    p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    p.add_argument("--dt", type=int, help="frame distance of a pair (default 1)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--val-fraction", dest="val_fraction", type=float,
+                   help="fraction of the last frames held out when --val is not given (default 0.1)")
+    p.add_argument("--val-samples", dest="val_samples", type=int, help="validation pairs (default 2048)")
+    p.add_argument("--max-time", dest="max_time_s", type=float, metavar="SECONDS",
+                   help="stop after the epoch in which this much training time has passed")
+    p.add_argument("--log-every", dest="log_every", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    p.add_argument("--no-augment", action="store_true", help="no geometric/intensity augmentation (order flip stays)")
+    p.add_argument("--config", help="JSON file of PretrainConfig options (command-line options win)")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint/last.pt")
+    p.add_argument("--channel", type=int, help="channel index for multi-channel TIFFs")
+    p.add_argument("--plane", help="z-plane index for stacks with several planes")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = subparsers.add_parser(
+        "content-view", help="TAP validation accuracy vs crop size and resolution (paper Table 6)",
+        description="Validate a TAP bundle on a (validation) movie at crop sizes 48/96/192 and at 0.5x/1x/2x "
+                    "resolution, each repeated; writes content_view.csv/.md/.json to --out.")
+    p.add_argument("movie", help="validation movie: TIFF, frame folder or CTC folder")
+    p.add_argument("--model", required=True, help="TAP bundle folder (from tapcore pretrain)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--repeats", type=int, default=3, help="runs per setting (default 3)")
+    p.add_argument("--samples", type=int, default=1000, help="validation pairs per run (default 1000)")
+    p.add_argument("--crops", type=_ints, help="crop sizes at 1x, comma-separated (default 48,96,192)")
+    p.add_argument("--resolutions", type=_floats, help="resolution factors, comma-separated (default 0.5,1,2)")
+    p.add_argument("--base-crop", dest="base_crop", type=int, help="the training crop size (default 96)")
+    p.add_argument("--frames", type=_frames, help="frame range LO:HI of the validation pairs (default all)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--channel", type=int, help="channel index for multi-channel TIFFs")
+    p.add_argument("--plane", help="z-plane index for stacks with several planes")
+    p.set_defaults(func=cmd_content_view)
