@@ -1,0 +1,591 @@
+"""Whole-movie event prediction: calibrated per-pixel event maps, an event list, a per-frame summary.
+
+For every consecutive frame pair ``(t, t+1)`` we want the map
+
+    P_t(y, x) = calibrated event probability of the 48x48 crop pair centred at (y, x)
+
+i.e. exactly what the event head would say if every crop of the frame had been classified (the crop
+whose top-left corner is ``(y0, x0)`` is centred at ``(y0 + crop//2, x0 + crop//2)``). It is computed
+without any loop over crops, using the common head structure (``tapcore.events.heads``):
+
+1. **features once per frame**: the backbone runs on each whole normalised frame (tiled with an
+   overlap of context pixels when the frame is larger than ``tile``; tile origins are multiples of
+   the U-Net's ``2**depth`` and the default overlap covers its receptive field, so tiling changes
+   nothing but float rounding). Several frames per call (``batch``).
+2. **encoder once per frame**: ``head.encode`` (3x3 convolutions only) runs on the frame's feature
+   map zero-padded like training's feature windows, and each frame's encoding ``E_t`` serves both
+   pairs ``(t-1, t)`` and ``(t, t+1)``.
+3. **the final linear layer densely**: ``fc`` is a cross-correlation of ``E`` with
+   ``head.kernels() (K, P, D, crop, crop)``, done with ``torch.fft`` (or ``conv2d`` for tiny crops).
+   The layer is linear, so each frame is correlated once and pairs are combined afterwards:
+   ``combine="mean"``: ``logits = (W * E_t + W * E_t+1) / 2 + b``; ``"concat"``:
+   ``logits = W_a * E_t + W_b * E_t+1 + b``.
+4. temperature / bias calibration (``calibration.json``, when present), softmax; the event
+   probability is ``1 - p(class 0)``.
+
+**Borders** (zero padding, as in training). Training windows are cut from whole-frame feature maps
+with zeros outside the frame (``FrameFeatures.windows``). The dense computation reproduces this for
+every crop position, also for crops that stick out of the frame: the feature map is treated as
+zero outside the frame, so the encoder's output there is its response to zeros (within ``margin``
+pixels of the edge it is computed; further out it is the constant ``encode(0)``), and the
+correlation runs over the frame extended by ``crop//2`` on each side. So a border pixel's value is
+the head's output on a crop centred there that is partly zero-padded features, exactly.
+
+The map equals the head's output on feature windows of **whole-frame** features: exact for the
+frozen strategies A and B (which train on such windows); for end-to-end heads (strategy C, trained
+on image crops with ``feature_margin`` pixels of context) it is the whole-frame-context version.
+
+**Event list** (peak finding): local maxima of ``P_t`` found by max-pool non-maximum suppression
+with a ``(2 * min_distance + 1)`` square window (two events are more than ``min_distance`` pixels
+apart in y or x), with ``P_t >= threshold``; ties on a plateau keep one pixel.
+
+Outputs (:func:`write_prediction`), all frames are 0-based indices of the movie as read:
+
+``events.csv`` (one row per detected event; columns :data:`EVENT_COLUMNS`)
+    ``frame`` (int, t), ``next_frame`` (int, t + 1), ``y``, ``x`` (int, pixels: row and column of the
+    crop pair's centre, 0-based), ``probability`` (float in [0, 1]: calibrated event probability at the
+    peak), ``class`` (str: the most probable event class there, ``event`` for binary heads or
+    ``division`` / ``death``), ``model_id`` (str: the head bundle's id).
+``per_frame.csv`` (one row per frame pair; columns :data:`PER_FRAME_COLUMNS`)
+    ``frame``, ``next_frame``, ``n_events`` (int), ``max_probability``, ``mean_probability`` (float in
+    [0, 1], over all pixels of the pair's map).
+``heatmaps.tif``
+    float32 ``(T-1, Y, X)``: page t is ``P_t``.
+``prediction.json``
+    the run record: config, model id and path, calibration used, movie shape and sha256, timing,
+    versions and device.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tapcore.calibration import Calibration, calibration_from_dict
+from tapcore.progress import ProgressFn
+
+logger = logging.getLogger(__name__)
+
+#: events.csv columns (stable; see the module docstring for units).
+EVENT_COLUMNS = ["frame", "next_frame", "y", "x", "probability", "class", "model_id"]
+#: per_frame.csv columns (stable).
+PER_FRAME_COLUMNS = ["frame", "next_frame", "n_events", "max_probability", "mean_probability"]
+AMP_MODES = ("none", "bf16", "fp16")
+METHODS = ("auto", "fft", "conv")
+
+
+@dataclass
+class PredictConfig:
+    """Whole-movie prediction options (ours; the paper has no whole-movie step)."""
+
+    threshold: float = 0.5  # lowest calibrated event probability of a reported event (peak)
+    min_distance: int = 24  # pixels; reported events are more than this apart in y or x (half a crop)
+    tile: int = 1280  # frames larger than this (pixels) go through the backbone in tiles of this side
+    overlap: int = 64  # context pixels around each backbone tile (the U-Net's receptive radius is ~51)
+    head_tile: int = 512  # output tile side of the dense correlation (bounds the FFT's memory)
+    batch: Optional[int] = None  # frames per backbone / encoder call (None: 1 on CPU, 8 on GPU)
+    device: str = "auto"  # "auto" | "cpu" | "cuda[:N]"
+    amp: str = "none"  # "none" | "bf16" | "fp16": autocast the backbone and encoder (GPU); FFT stays float32
+    method: str = "auto"  # dense linear layer: "fft", "conv" (direct), "auto" (conv only for crops <= 8)
+    calibrate: bool = True  # apply the bundle's calibration.json when it has one
+    pmin: Optional[float] = None  # normalisation percentiles; None = the bundle's (training) values
+    pmax: Optional[float] = None
+    num_threads: Optional[int] = None  # torch CPU threads (None: leave torch's setting)
+    keep_maps: bool = True  # keep the (T-1, Y, X) probability maps in memory (False: events only)
+    channels_last: bool = True  # channels-last convolutions (faster on CPU oneDNN and GPU tensor cores)
+
+    def validate(self) -> "PredictConfig":
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise ValueError(f"threshold must be a probability in [0, 1], got {self.threshold}")
+        if int(self.min_distance) < 0:
+            raise ValueError(f"min_distance must be >= 0 pixels, got {self.min_distance}")
+        if int(self.tile) < 16 or int(self.head_tile) < 16:
+            raise ValueError(f"tile and head_tile must be at least 16 pixels, got {self.tile}, {self.head_tile}")
+        if int(self.overlap) < 0:
+            raise ValueError(f"overlap must be >= 0 pixels, got {self.overlap}")
+        if self.batch is not None and int(self.batch) < 1:
+            raise ValueError(f"batch must be at least 1 frame, got {self.batch}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"unknown amp mode {self.amp!r}; use one of {', '.join(AMP_MODES)}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if (self.pmin is None) != (self.pmax is None):
+            raise ValueError("give both pmin and pmax (or neither, to use the bundle's normalisation)")
+        return self
+
+
+@dataclass
+class Prediction:
+    """What :func:`predict_movie` returns.
+
+    Attributes:
+        prob_maps: ``(T-1, Y, X) float32`` calibrated event probability of the crop pair centred at
+            each pixel, for pairs ``(t, t+1)`` (empty ``(0, Y, X)`` when ``keep_maps`` is False).
+        events: DataFrame with :data:`EVENT_COLUMNS`.
+        per_frame: DataFrame with :data:`PER_FRAME_COLUMNS`.
+        record: the run record (JSON-able) written as ``prediction.json``.
+    """
+
+    prob_maps: np.ndarray
+    events: pd.DataFrame
+    per_frame: pd.DataFrame
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def _fast_len(n: int) -> int:
+    """Smallest size >= n whose only prime factors are 2, 3, 5 (fast for pocketfft and cuFFT)."""
+    m = max(int(n), 1)
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+def _fuse_tree(module: nn.Module) -> nn.Module:
+    """Fold eval-mode BatchNorms into the preceding convolutions (``torch.fx`` fusion), recursing
+    into children where a module cannot be traced as a whole (e.g. shape-dependent padding)."""
+    from torch.fx.experimental.optimization import fuse
+
+    if not any(isinstance(m, nn.BatchNorm2d) for m in module.modules()):
+        return module
+    try:
+        return fuse(module, inplace=True)
+    except Exception:  # noqa: BLE001 - not traceable: fuse its parts instead
+        for name, child in list(module.named_children()):
+            setattr(module, name, _fuse_tree(child))
+        return module
+
+
+def inference_copy(module: nn.Module, channels_last: bool = True) -> nn.Module:
+    """An eval-mode copy of ``module`` for fast inference: BatchNorm folded into convolutions and
+    (optionally) channels-last weights. Outputs equal the original's up to float rounding."""
+    m = copy.deepcopy(module).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    m = _fuse_tree(m).eval()
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+    return m
+
+
+def _starts(size: int, tile: int) -> list[int]:
+    return list(range(0, size, tile)) if size > tile else [0]
+
+
+class DensePredictor:
+    """Dense event logits of an :class:`~tapcore.events.model.EventModel` over whole frames.
+
+    Args:
+        model: the event model (its ``head`` follows the common head structure).
+        cfg: :class:`PredictConfig` (tile, overlap, head_tile, amp, method).
+        device: torch device string.
+        calibration: applied to the logits in :meth:`pair_probabilities`.
+    """
+
+    def __init__(self, model: nn.Module, cfg: Optional[PredictConfig] = None, device: str = "cpu",
+                 calibration: Optional[Calibration] = None):
+        self.cfg = dataclasses.replace(cfg or PredictConfig()).validate()
+        self.device = torch.device(device)
+        if self.cfg.batch is None:
+            self.cfg.batch = 8 if self.device.type == "cuda" else 1
+        self.model = model.to(self.device).eval()
+        head = model.head
+        self.head = head
+        self.crop, self.margin = int(head.crop), int(head.margin)
+        self.n_classes = int(head.n_classes)
+        self.combine = head.combine
+        self.lo = self.crop // 2  # output (y, x) <- crop top-left (y - lo, x - lo)
+        self.hi = self.crop - 1 - self.lo
+        self.calibration = calibration or Calibration()
+        # fast eval copies (BN folded, channels-last); the model itself is left untouched
+        self.backbone = inference_copy(model.backbone, self.cfg.channels_last)
+        enc = getattr(head, "encoder", None)
+        self.encoder = inference_copy(enc, self.cfg.channels_last) if isinstance(enc, nn.Module) else head.encode
+        multiple = int(getattr(model.backbone, "multiple", 8))
+        self.multiple = multiple
+        # tile origins and overlaps on the U-Net's pooling grid keep tiling exact
+        self.tile = max(multiple, int(math.ceil(self.cfg.tile / multiple)) * multiple)
+        self.overlap = int(math.ceil(self.cfg.overlap / multiple)) * multiple
+        with torch.no_grad():
+            k = head.kernels().detach().float()  # (K, P, D, crop, crop)
+            if self.combine == "mean":
+                w = k[:, 0]  # (K, D, crop, crop)
+            else:
+                w = torch.cat([k[:, 0], k[:, 1]], dim=0)  # (2K, D, crop, crop): parts a then b
+            self.weight = w.contiguous().to(self.device)  # (O, D, crop, crop)
+            self.bias = head.fc.bias.detach().float().to(self.device)  # (K,)
+            c_in = self._in_channels()
+            self.zero_code = self._encode(torch.zeros(1, c_in, 2 * self.margin + 1, 2 * self.margin + 1,
+                                                      device=self.device))[0, :, self.margin, self.margin]  # (D,)
+        method = self.cfg.method
+        if method == "auto":
+            method = "conv" if self.crop <= 8 else "fft"
+        self.method = method
+        self._kernel_fft: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _in_channels(self) -> int:
+        first = next((m for m in self.head.encoder.modules() if isinstance(m, nn.Conv2d)), None)
+        if first is not None:
+            return int(first.in_channels)
+        return int(self.head.out_channels)
+
+    def _autocast(self):
+        if self.cfg.amp == "none":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _encode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.cfg.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            return self.encoder(z).float()
+
+    # -- stage 1: backbone features ------------------------------------------------------------
+    @torch.no_grad()
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """``frames (B, 1, Y, X)`` normalised -> features ``(B, C, Y, X) float32`` (tiled with overlap)."""
+        b, _, height, width = frames.shape
+        backbone = self.backbone
+        if self.cfg.channels_last:
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        if height <= self.tile and width <= self.tile:
+            with self._autocast():
+                return backbone(frames).float()
+        out: Optional[torch.Tensor] = None
+        ov = self.overlap
+        for y0 in _starts(height, self.tile):
+            for x0 in _starts(width, self.tile):
+                y1, x1 = min(y0 + self.tile, height), min(x0 + self.tile, width)
+                ya, yb = max(0, y0 - ov), min(height, y1 + ov)
+                xa, xb = max(0, x0 - ov), min(width, x1 + ov)
+                with self._autocast():
+                    z = backbone(frames[..., ya:yb, xa:xb]).float()  # (B, C, yb-ya, xb-xa)
+                if out is None:
+                    out = torch.empty(b, z.shape[1], height, width, device=z.device, dtype=torch.float32)
+                out[..., y0:y1, x0:x1] = z[..., y0 - ya:y1 - ya, x0 - xa:x1 - xa]
+        assert out is not None
+        return out
+
+    # -- stage 2: encoder on the zero-extended frame -------------------------------------------
+    @torch.no_grad()
+    def extended_encoding(self, z: torch.Tensor) -> torch.Tensor:
+        """``z (B, C, Y, X)`` -> ``E (B, D, Y + crop - 1, X + crop - 1)``: the head's encoding of the
+        zero-padded feature map on the frame extended by ``crop//2`` (top/left) and ``crop-1-crop//2``."""
+        b, _, height, width = z.shape
+        m = self.margin
+        d = int(self.zero_code.shape[0])
+        ext = torch.empty(b, d, height + self.crop - 1, width + self.crop - 1, device=z.device)
+        ext[:] = self.zero_code.view(1, d, 1, 1)
+        # the encoding is computed on the frame + m pixels (it sees zeros beyond the frame)
+        zp = F.pad(z, (2 * m, 2 * m, 2 * m, 2 * m))  # (B, C, Y + 4m, X + 4m)
+        inner_h, inner_w = height + 2 * m, width + 2 * m  # frame rows [-m, Y + m)
+        tile = max(int(self.cfg.head_tile), 16)
+        for r0 in range(0, inner_h, tile):
+            for c0 in range(0, inner_w, tile):
+                r1, c1 = min(r0 + tile, inner_h), min(c0 + tile, inner_w)
+                # inner rows [r0, r1) <- zp rows [r0, r1 + 2m) (m halo on each side)
+                e = self._encode(zp[..., r0:r1 + 2 * m, c0:c1 + 2 * m])[..., m:m + r1 - r0, m:m + c1 - c0]
+                # inner row i <-> frame row i - m <-> ext row i - m + lo
+                er0, ec0 = r0 - m + self.lo, c0 - m + self.lo
+                cy0, cx0 = max(0, -er0), max(0, -ec0)
+                cy1 = min(r1 - r0, ext.shape[-2] - er0)
+                cx1 = min(c1 - c0, ext.shape[-1] - ec0)
+                if cy1 > cy0 and cx1 > cx0:
+                    ext[..., er0 + cy0:er0 + cy1, ec0 + cx0:ec0 + cx1] = e[..., cy0:cy1, cx0:cx1]
+        return ext
+
+    # -- stage 3: the linear layer as a correlation ---------------------------------------------
+    def _kfft(self, fh: int, fw: int) -> torch.Tensor:
+        key = (fh, fw)
+        if key not in self._kernel_fft:
+            if len(self._kernel_fft) >= 4:
+                self._kernel_fft.clear()
+            self._kernel_fft[key] = torch.conj(torch.fft.rfft2(self.weight, s=(fh, fw)))  # (O, D, fh, fw//2+1)
+        return self._kernel_fft[key]
+
+    @torch.no_grad()
+    def correlate(self, ext: torch.Tensor) -> torch.Tensor:
+        """``E (B, D, Y + crop - 1, X + crop - 1)`` -> ``R (B, O, Y, X)``: ``R[o, y, x] = sum W[o] * E[.., y:y+crop, x:x+crop]``."""
+        b, _, eh, ew = ext.shape
+        cs = self.crop
+        height, width = eh - cs + 1, ew - cs + 1
+        if self.method == "conv":
+            return F.conv2d(ext, self.weight)  # (B, O, Y, X)
+        out = torch.empty(b, self.weight.shape[0], height, width, device=ext.device)
+        tile = int(self.cfg.head_tile)
+        for y0 in range(0, height, tile):
+            for x0 in range(0, width, tile):
+                th, tw = min(tile, height - y0), min(tile, width - x0)
+                sh, sw = th + cs - 1, tw + cs - 1
+                fh, fw = _fast_len(sh), _fast_len(sw)
+                ef = torch.fft.rfft2(ext[..., y0:y0 + sh, x0:x0 + sw], s=(fh, fw))  # (B, D, fh, fw//2+1)
+                prod = torch.einsum("bdhw,odhw->bohw", ef, self._kfft(fh, fw))  # (B, O, fh, fw//2+1)
+                r = torch.fft.irfft2(prod, s=(fh, fw))  # (B, O, fh, fw)
+                out[..., y0:y0 + th, x0:x0 + tw] = r[..., :th, :tw]
+        return out
+
+    @torch.no_grad()
+    def responses(self, frames: torch.Tensor) -> torch.Tensor:
+        """``frames (B, 1, Y, X)`` normalised -> per-frame linear responses ``R (B, O, Y, X)``."""
+        return self.correlate(self.extended_encoding(self.features(frames)))
+
+    def pair_logits(self, r_t: torch.Tensor, r_t1: torch.Tensor) -> torch.Tensor:
+        """Responses of frames t and t+1 ``(N, O, Y, X)`` -> uncalibrated logits ``(N, K, Y, X)``."""
+        k = self.n_classes
+        if self.combine == "mean":
+            logits = (r_t + r_t1) * 0.5
+        else:
+            logits = r_t[:, :k] + r_t1[:, k:]
+        return logits + self.bias.view(1, k, 1, 1)
+
+    def pair_probabilities(self, r_t: torch.Tensor, r_t1: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities ``(N, K, Y, X)`` of pairs."""
+        return torch.softmax(self.calibration.apply(self.pair_logits(r_t, r_t1), dim=1), dim=1)
+
+    @torch.no_grad()
+    def movie_logits(self, movie_norm: np.ndarray) -> torch.Tensor:
+        """Uncalibrated dense logits ``(T-1, K, Y, X)`` of a (small) normalised movie ``(T, Y, X)``."""
+        frames = torch.from_numpy(np.ascontiguousarray(movie_norm, np.float32))[:, None].to(self.device)
+        r = torch.cat([self.responses(frames[i:i + self.cfg.batch]) for i in range(0, len(frames), self.cfg.batch)])
+        return self.pair_logits(r[:-1], r[1:])
+
+
+# -- peak finding ----------------------------------------------------------------------------------
+def find_peaks(prob: torch.Tensor | np.ndarray, threshold: float = 0.5, min_distance: int = 24) -> np.ndarray:
+    """Local maxima of probability maps by max-pool non-maximum suppression.
+
+    Args:
+        prob: ``(N, Y, X)`` (or ``(Y, X)``) maps.
+        threshold: lowest accepted value.
+        min_distance: accepted peaks are more than this many pixels apart in y or x (Chebyshev);
+            ties within the window keep the first pixel in raster order.
+
+    Returns:
+        ``(M, 3) int64`` rows ``[n, y, x]`` sorted by n, then by decreasing value.
+    """
+    p = torch.as_tensor(prob)
+    squeeze = p.dim() == 2
+    if squeeze:
+        p = p[None]
+    if p.dim() != 3:
+        raise ValueError(f"probability maps must be (N, Y, X), got shape {tuple(p.shape)}")
+    d = int(min_distance)
+    p = p.float()
+    if d > 0:
+        pooled = F.max_pool2d(p[:, None], kernel_size=2 * d + 1, stride=1, padding=d)[:, 0]
+        cand = (p >= pooled) & (p >= threshold)
+    else:
+        cand = p >= threshold
+    idx = torch.nonzero(cand).cpu().numpy().astype(np.int64)  # (M, 3) raster order
+    if len(idx) == 0:
+        return np.zeros((0, 3), np.int64)
+    vals = p[cand].cpu().numpy()
+    out = []
+    for n in np.unique(idx[:, 0]):
+        sel = idx[:, 0] == n
+        pts, v = idx[sel], vals[sel]
+        order = np.argsort(-v, kind="stable")
+        pts = pts[order]
+        if d > 0 and len(pts) > 1:
+            pts = _suppress_ties(pts, d)
+        out.append(pts)
+    return np.concatenate(out, axis=0)
+
+
+def _suppress_ties(pts: np.ndarray, d: int) -> np.ndarray:
+    """Greedy: keep a candidate unless a kept one lies within ``d`` pixels (Chebyshev). ``pts`` sorted by value."""
+    keep: list[int] = []
+    yx = pts[:, 1:]
+    for i in range(len(pts)):
+        if keep:
+            kept = yx[keep]
+            if np.any(np.max(np.abs(kept - yx[i]), axis=1) <= d):
+                continue
+        keep.append(i)
+    return pts[keep]
+
+
+# -- the workflow ----------------------------------------------------------------------------------
+def _load(model: Union[str, os.PathLike, nn.Module], device: str) -> tuple[nn.Module, str, Optional[str], dict]:
+    """(model, model_id, bundle path, manifest)"""
+    if isinstance(model, nn.Module):
+        config = getattr(model, "config", {}) or {}
+        return model, str(config.get("bundle_id") or "unsaved-model"), None, {}
+    from tapcore.events.model import load_event_model
+    from tapcore.utils import read_json
+
+    path = Path(model)
+    net = load_event_model(path, device=device)
+    manifest = read_json(path / "manifest.json") if (path / "manifest.json").is_file() else {}
+    model_id = str(manifest.get("bundle_id") or path.name)
+    return net, model_id, str(path), manifest
+
+
+def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], cfg: Optional[PredictConfig] = None,
+                  progress: Optional[ProgressFn] = None) -> Prediction:
+    """Calibrated event maps, event list and per-frame summary of a whole movie.
+
+    Args:
+        movie: raw movie ``(T, Y, X)`` (any dtype; normalised per frame inside with the bundle's
+            percentiles).
+        model: an ``event_head`` bundle folder, or a loaded ``EventModel`` (then its ``.calibration``
+            dict, if any, is used).
+        cfg: :class:`PredictConfig`.
+        progress: callback; one ``{"stage": "predict", "kind": "step", "step", "steps", ...}`` record per
+            batch of frames and a ``"done"`` record.
+
+    Returns:
+        :class:`Prediction`.
+    """
+    from tapcore.io import normalize_movie
+    from tapcore.utils import environment_info, resolve_device, sha256_array
+
+    cfg = dataclasses.replace(cfg or PredictConfig()).validate()
+    movie = np.asarray(movie)
+    if movie.ndim != 3:
+        raise ValueError(f"the movie must be (T, Y, X); got shape {movie.shape}")
+    if movie.shape[0] < 2:
+        raise ValueError(f"the movie has {movie.shape[0]} frame; event prediction needs at least two frames")
+    if min(movie.shape[1:]) < 1:
+        raise ValueError(f"the movie's frames are empty ({movie.shape[1]} x {movie.shape[2]} pixels)")
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    t0 = time.time()
+    net, model_id, bundle_path, manifest = _load(model, device)
+    config = getattr(net, "config", {}) or {}
+    calib_dict = getattr(net, "calibration", None) if cfg.calibrate else None
+    calibration = calibration_from_dict(calib_dict)
+    norm = config.get("normalize") or {}
+    pmin = float(cfg.pmin if cfg.pmin is not None else norm.get("pmin", 1.0))
+    pmax = float(cfg.pmax if cfg.pmax is not None else norm.get("pmax", 99.8))
+    class_names = list(config.get("class_names") or [])
+    n_classes = int(net.head.n_classes)
+    if len(class_names) != n_classes:
+        class_names = ["none"] + (["event"] if n_classes == 2 else [f"class{k}" for k in range(1, n_classes)])
+    predictor = DensePredictor(net, cfg, device, calibration)
+
+    t_len, height, width = movie.shape
+    n_pairs = t_len - 1
+    maps = np.empty((n_pairs if cfg.keep_maps else 0, height, width), np.float32)
+    rows: list[tuple] = []
+    summary: list[tuple] = []
+    prev: Optional[torch.Tensor] = None  # R of the last frame of the previous batch, (1, O, Y, X)
+    batch = int(predictor.cfg.batch)
+    steps = (t_len + batch - 1) // batch
+    for step, f0 in enumerate(range(0, t_len, batch), start=1):
+        f1 = min(f0 + batch, t_len)
+        frames = torch.from_numpy(normalize_movie(movie[f0:f1], pmin, pmax))[:, None]  # (b, 1, Y, X)
+        r = predictor.responses(frames.to(predictor.device, non_blocking=True))  # (b, O, Y, X)
+        seq = r if prev is None else torch.cat([prev, r], dim=0)
+        first = f0 if prev is None else f0 - 1  # frame index of seq[0]
+        prev = r[-1:]
+        if len(seq) < 2:
+            continue
+        with torch.no_grad():
+            probs = predictor.pair_probabilities(seq[:-1], seq[1:])  # (n, K, Y, X)
+            event = 1.0 - probs[:, 0]  # (n, Y, X)
+            peaks = find_peaks(event, cfg.threshold, cfg.min_distance)  # (M, 3) [n, y, x]
+            maxes = event.flatten(1).amax(1).cpu().numpy()
+            means = event.flatten(1).mean(1).cpu().numpy()
+            if len(peaks):
+                pk = torch.from_numpy(peaks).to(event.device)
+                pk_prob = event[pk[:, 0], pk[:, 1], pk[:, 2]].cpu().numpy()
+                pk_cls = (probs[pk[:, 0], 1:, pk[:, 1], pk[:, 2]].argmax(1) + 1).cpu().numpy()  # (M,)
+            event_np = event.cpu().numpy() if cfg.keep_maps else None
+        for n in range(len(seq) - 1):
+            t = first + n
+            sel = peaks[:, 0] == n
+            for (_, y, x), p, c in zip(peaks[sel], pk_prob[sel] if len(peaks) else [], pk_cls[sel] if len(peaks) else []):
+                rows.append((t, t + 1, int(y), int(x), float(p), class_names[int(c)], model_id))
+            summary.append((t, t + 1, int(sel.sum()), float(maxes[n]), float(means[n])))
+            if event_np is not None:
+                maps[t] = event_np[n]
+        if progress is not None:
+            progress({"stage": "predict", "kind": "step", "epoch": 1, "epochs": 1, "step": step, "steps": steps,
+                      "frames_done": f1,
+                      "frames": t_len, "events": len(rows), "elapsed_s": time.time() - t0})
+    elapsed = time.time() - t0
+    events = pd.DataFrame(rows, columns=EVENT_COLUMNS)
+    events = events.astype({"frame": np.int64, "next_frame": np.int64, "y": np.int64, "x": np.int64,
+                            "probability": np.float64})
+    per_frame = pd.DataFrame(summary, columns=PER_FRAME_COLUMNS).astype(
+        {"frame": np.int64, "next_frame": np.int64, "n_events": np.int64})
+    record = {
+        "model_id": model_id,
+        "model_path": bundle_path,
+        "model_manifest": {k: manifest.get(k) for k in ("bundle_id", "weights_sha256", "movie_sha256", "strategy")
+                           if k in manifest},
+        "head": getattr(net.head, "name", None),
+        "class_names": class_names,
+        "config": dataclasses.asdict(predictor.cfg),
+        "device": device,
+        "calibration": {**calibration.to_dict(), "applied": calib_dict is not None},
+        "normalize": {"pmin": pmin, "pmax": pmax},
+        "movie_shape": list(movie.shape),
+        "movie_dtype": str(movie.dtype),
+        "movie_sha256": sha256_array(movie),
+        "method": predictor.method,
+        "n_pairs": n_pairs,
+        "n_events": len(events),
+        "elapsed_s": elapsed,
+        "frames_per_s": t_len / max(elapsed, 1e-9),
+        "environment": environment_info(device),
+        "columns": {"events.csv": EVENT_COLUMNS, "per_frame.csv": PER_FRAME_COLUMNS},
+    }
+    if progress is not None:
+        progress({"stage": "predict", "kind": "done", "frames": t_len, "events": len(events), "elapsed_s": elapsed})
+    logger.info("predicted %d frame pairs (%d x %d) in %.1f s: %d events", n_pairs, height, width, elapsed, len(events))
+    return Prediction(maps, events, per_frame, record)
+
+
+def write_prediction(pred: Prediction, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``events.csv``, ``per_frame.csv``, ``heatmaps.tif`` and ``prediction.json`` into ``out_dir``.
+
+    Returns:
+        name -> path of each written file (``heatmaps.tif`` only when the maps were kept).
+    """
+    from tapcore.io import write_tiff
+    from tapcore.utils import atomic_write_json, atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "events": atomic_write_text(out / "events.csv", pred.events[EVENT_COLUMNS].to_csv(index=False)),
+        "per_frame": atomic_write_text(out / "per_frame.csv", pred.per_frame[PER_FRAME_COLUMNS].to_csv(index=False)),
+    }
+    if pred.prob_maps.shape[0] > 0:
+        paths["heatmaps"] = write_tiff(out / "heatmaps.tif", pred.prob_maps.astype(np.float32, copy=False))
+    record = dict(pred.record)
+    record["files"] = {k: p.name for k, p in paths.items()}
+    paths["record"] = atomic_write_json(out / "prediction.json", record)
+    return paths
+
+
+def read_events(path: str | os.PathLike) -> pd.DataFrame:
+    """Read an ``events.csv`` written by :func:`write_prediction`, checking its columns."""
+    df = pd.read_csv(path)
+    missing = [c for c in EVENT_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {', '.join(missing)}; expected {', '.join(EVENT_COLUMNS)} "
+                         "(an events.csv written by tapcore predict)")
+    return df
