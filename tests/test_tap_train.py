@@ -44,17 +44,20 @@ def movie() -> np.ndarray:
 
 
 def test_short_cpu_pretraining_beats_chance_on_a_synthetic_movie(tmp_path):
-    """36 steps of 16 pairs (32 px) on one synthetic movie, validated on another: well above 0.5."""
-    torch.manual_seed(0)
+    """48 steps of 16 pairs (32 px, all augmentations) on one synthetic movie, validated on another.
+
+    Chance is 0.5. Measured on the development machine: val acc 0.81 after 4 epochs with seed 0
+    (seeds 1 and 2: 0.95, 0.78).
+    """
     train = make_synthetic(SynthConfig(seed=1, frames=12, **FAST)).movie
     val = make_synthetic(SynthConfig(seed=2, frames=12, **FAST)).movie
-    cfg = PretrainConfig(patch=32, batch_size=16, epochs=3, samples_per_epoch=16 * 12, lr=3e-3, device="cpu",
+    cfg = PretrainConfig(patch=32, batch_size=16, epochs=4, samples_per_epoch=16 * 12, lr=1e-2, device="cpu",
                          val_samples=256, model=TapConfig(base_channels=8, depth=2, features=16, head_channels=16),
-                         log_every=100)
+                         log_every=100, seed=0)
     result = pretrain(train, cfg, tmp_path / "tap", val_movie=val)
     accs = [h["val_acc"] for h in result.history]
-    assert accs[-1] >= 0.62, accs  # chance is 0.5 (measured: see the report)
-    assert result.history[-1]["train_acc"] > 0.6
+    assert accs[-1] >= 0.7, accs
+    assert result.history[-1]["train_acc"] > 0.7
 
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path, movie):
