@@ -108,8 +108,10 @@ def test_metrics_checkpoint_bundle_and_progress(tmp_path, movie):
 
 def test_same_seed_gives_the_same_model(tmp_path, movie):
     a = pretrain(movie, _tiny_cfg(epochs=1), tmp_path / "a").model.state_dict()
-    b = pretrain(movie, _tiny_cfg(epochs=1), tmp_path / "b").model.state_dict()
+    # a fresh (not resumed) run into the same folder replaces the bundle and starts a fresh metrics log
+    b = pretrain(movie, _tiny_cfg(epochs=1), tmp_path / "a").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["kind"] for r in read_metrics(tmp_path / "a" / "metrics.jsonl")] == ["step", "step", "epoch", "done"]
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path, movie):

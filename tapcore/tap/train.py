@@ -391,6 +391,8 @@ def pretrain(movie: np.ndarray, cfg: Optional[PretrainConfig] = None, out_dir: s
         logger.info("resuming TAP pretraining from epoch %d of %d (%s)", start_epoch, cfg.epochs, ckpt_path)
     elif resume:
         logger.info("no checkpoint in %s: starting from scratch", out_dir)
+    if start_epoch == 0 and (out_dir / "metrics.jsonl").is_file():
+        (out_dir / "metrics.jsonl").unlink()  # a fresh run starts a fresh log (resumed runs append)
 
     net = model
     if cfg.compile and device.startswith("cuda"):
