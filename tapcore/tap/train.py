@@ -193,7 +193,7 @@ def _autocast(device: str, amp: bool):
 @torch.no_grad()
 def evaluate_pairs(model: torch.nn.Module, movie: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor,
                    crop: int, *, resolution: float = 1.0, dt: int = 1, batch_size: int = 256, lam: float = 0.01,
-                   tau: float = 0.2, amp: bool = True) -> dict[str, float]:
+                   tau: float = 0.2, amp: bool = True, forward: Optional[Any] = None) -> dict[str, float]:
     """TAP loss, decorrelation loss and accuracy of ``model`` (eval mode) on fixed pairs.
 
     Args:
@@ -202,7 +202,9 @@ def evaluate_pairs(model: torch.nn.Module, movie: torch.Tensor, coords: torch.Te
         labels: ``(N,)``: 1 where the pair is shown in flipped order.
         crop: pair side the model sees.
         resolution: view the movie rescaled by this factor (content-view study).
+        forward: callable used instead of ``model.forward_with_features`` (e.g. its compiled version).
     """
+    forward = forward if forward is not None else model.forward_with_features
     device = str(movie.device)
     was_training = model.training
     model.eval()
@@ -213,7 +215,7 @@ def evaluate_pairs(model: torch.nn.Module, movie: torch.Tensor, coords: torch.Te
         y = labels[start:start + batch_size]
         x = flip_order(extract_pairs(movie, c, crop, resolution, dt), y)  # (b, 2, 1, crop, crop)
         with _autocast(device, amp):
-            logits, z = model.forward_with_features(x)
+            logits, z = forward(x)
             loss = tap_loss(logits, y, z, lam, tau)
         b = c.shape[0]
         sums += torch.stack([loss.total.double() * b, loss.decorr.double() * b,
@@ -224,17 +226,22 @@ def evaluate_pairs(model: torch.nn.Module, movie: torch.Tensor, coords: torch.Te
 
 
 def evaluate(model: torch.nn.Module, movie: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor,
-             cfg: PretrainConfig) -> dict[str, float]:
+             cfg: PretrainConfig, forward: Optional[Any] = None) -> dict[str, float]:
     """Validation metrics ``{"val_loss", "val_decorr", "val_acc"}`` at the training patch size."""
     m = evaluate_pairs(model, movie, coords, labels, cfg.patch, dt=cfg.dt, batch_size=cfg.val_batch_size,
-                       lam=cfg.lam, tau=cfg.tau, amp=cfg.amp)
+                       lam=cfg.lam, tau=cfg.tau, amp=cfg.amp, forward=forward)
     return {"val_loss": m["loss"], "val_decorr": m["decorr"], "val_acc": m["acc"]}
 
 
 def train_one_epoch(model: torch.nn.Module, sampler: PairSampler, optimizer: torch.optim.Optimizer,
                     scheduler: Any, cfg: PretrainConfig, device: str, epoch: int,
-                    report: Optional[ProgressFn] = None, t_start: Optional[float] = None) -> dict[str, float]:
-    """One epoch of ``cfg.steps_per_epoch`` steps; returns the epoch's mean train metrics."""
+                    report: Optional[ProgressFn] = None, t_start: Optional[float] = None,
+                    forward: Optional[Any] = None) -> dict[str, float]:
+    """One epoch of ``cfg.steps_per_epoch`` steps; returns the epoch's mean train metrics.
+
+    ``forward`` replaces ``model.forward_with_features`` (e.g. its ``torch.compile`` version).
+    """
+    forward = forward if forward is not None else model.forward_with_features
     model.train()
     steps = cfg.steps_per_epoch
     t_start = time.time() if t_start is None else t_start
@@ -243,7 +250,7 @@ def train_one_epoch(model: torch.nn.Module, sampler: PairSampler, optimizer: tor
     for step in range(1, steps + 1):
         x, y = sampler.sample(cfg.batch_size)  # (B, 2, 1, P, P), (B,)
         with _autocast(device, cfg.amp):
-            logits, z = model.forward_with_features(x)
+            logits, z = forward(x)
             loss = tap_loss(logits, y, z, cfg.lam, cfg.tau)
         optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
@@ -394,18 +401,19 @@ def pretrain(movie: np.ndarray, cfg: Optional[PretrainConfig] = None, out_dir: s
     if start_epoch == 0 and (out_dir / "metrics.jsonl").is_file():
         (out_dir / "metrics.jsonl").unlink()  # a fresh run starts a fresh log (resumed runs append)
 
-    net = model
+    forward = model.forward_with_features
     if cfg.compile and device.startswith("cuda"):
-        net = torch.compile(model)
+        forward = torch.compile(model.forward_with_features)  # state dict keys stay unchanged
 
     report = chain(progress, MetricsLog(out_dir / "metrics.jsonl"))
     logger.info("TAP pretraining on %s: %d epochs x %d steps x %d pairs (%d x %d px)", device, cfg.epochs,
                 cfg.steps_per_epoch, cfg.batch_size, cfg.patch, cfg.patch)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t_epoch = time.time()
-        train_m = train_one_epoch(net, sampler, optimizer, scheduler, cfg, device, epoch, report, t_start)
+        train_m = train_one_epoch(model, sampler, optimizer, scheduler, cfg, device, epoch, report, t_start,
+                                  forward)
         train_time += time.time() - t_epoch
-        val_m = evaluate(net, val_t, v_coords, v_labels, cfg)
+        val_m = evaluate(model, val_t, v_coords, v_labels, cfg, forward)
         record = {"stage": "pretrain", "kind": "epoch", "epoch": epoch, "epochs": cfg.epochs,
                   "steps": cfg.steps_per_epoch, "step": cfg.steps_per_epoch, **train_m, **val_m,
                   "train_time_s": train_time, "elapsed_s": time.time() - t_start}
