@@ -158,8 +158,14 @@ def test_window_is_large_enough_for_every_transform():
     aug = AugmentConfig()
     s = window_size(96, aug)
     assert (s - 96) % 2 == 0
-    reach = 48 * math.sqrt(2) / 0.8 + 3 * aug.elastic_sigma / 0.8 + aug.translate
+    reach = 48 * math.sqrt(2) / 0.8 + 3 * math.sqrt(2) * aug.elastic_sigma / 0.8 + aug.translate
     assert s / 2 >= reach
+    # and the grids of a real batch stay inside the window (grid_sample coordinates within [-1, 1])
+    from tapcore.tap.data import sample_augment_params
+
+    params = sample_augment_params(256, aug, _gen(7), "cpu")
+    grid = build_grid(params, 96, s, aug.elastic_sigma)
+    assert float(grid.abs().max()) < 1.0
 
 
 def test_extract_pairs_at_half_resolution_covers_twice_the_area():

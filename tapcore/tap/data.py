@@ -142,7 +142,8 @@ def window_size(patch: int, aug: AugmentConfig) -> int:
     """Side ``S`` of the source window that holds every pixel a ``patch`` can sample (``S - patch`` even)."""
     if not aug.enabled:
         return patch
-    reach = (patch / 2) * (math.sqrt(2) if aug.rotate else 1.0) + 3 * float(aug.elastic_sigma)
+    # |p + d| <= (P/2) sqrt(2) + 3 sigma sqrt(2): corner of the patch plus the clamped elastic shift
+    reach = (patch / 2) * (math.sqrt(2) if aug.rotate else 1.0) + 3 * math.sqrt(2) * float(aug.elastic_sigma)
     reach = reach / float(aug.scale[0]) + float(aug.translate) + 2  # +2: bilinear neighbours
     half = max(int(math.ceil(reach)), (patch + 1) // 2)
     size = 2 * half
