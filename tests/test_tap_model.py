@@ -45,10 +45,12 @@ def test_padding_does_not_change_features_inside_a_multiple_of_8_input():
     assert torch.equal(model.backbone(x), direct)
 
 
-def test_swapping_frames_swaps_logits_exactly_in_eval_mode():
+@pytest.mark.parametrize("cfg, shape", [(TapConfig(), (3, 2, 1, 16, 16)), (SMALL, (1, 2, 1, 9, 13)),
+                                        (SMALL, (8, 2, 1, 24, 16))])
+def test_swapping_frames_swaps_logits_exactly_in_eval_mode(cfg, shape):
     torch.manual_seed(1)
-    model = TapModel().eval()  # the paper's configuration
-    x = torch.randn(3, 2, 1, 16, 16)
+    model = TapModel(cfg).eval()  # first case: the paper's configuration
+    x = torch.randn(*shape)
     with torch.no_grad():
         logits = model(x)
         swapped = model(x.flip(1))
@@ -56,14 +58,15 @@ def test_swapping_frames_swaps_logits_exactly_in_eval_mode():
     assert not torch.equal(logits[:, 0], logits[:, 1])  # not trivially symmetric
 
 
-def test_swapping_frames_swaps_logits_in_train_mode_up_to_rounding():
-    """Train-mode BatchNorm sees the same batch in another order: equal up to float rounding."""
+def test_swapping_frames_swaps_logits_exactly_in_train_mode():
+    """Train-mode BatchNorm statistics are per time slot, so they swap with the frames."""
     torch.manual_seed(2)
     model = TapModel(SMALL).train()
-    x = torch.randn(4, 2, 1, 16, 16)
-    logits = model(x)
-    swapped = model(x.flip(1))
-    assert torch.allclose(swapped, logits.flip(1), atol=1e-5, rtol=0)
+    x = torch.randn(5, 2, 1, 16, 24)
+    logits, z = model.forward_with_features(x)
+    swapped, z_swapped = model.forward_with_features(x.flip(1))
+    assert torch.equal(swapped, logits.flip(1))
+    assert torch.equal(z_swapped, z.flip(1))
 
 
 def test_head_alone_is_exactly_equivariant():

@@ -13,9 +13,12 @@ Layout (PAPER.md section 1, after tarrow):
   every per-frame operation is the same function of its frame, and the mean over two frames is
   ``(a + b) / 2``, which is commutative in floating point.
 
-Equivariance in training mode: the backbone's BatchNorm uses batch statistics, which are the same
-set of numbers after a swap but summed in another order, so train-mode logits swap up to float
-rounding (~1e-6), while eval mode (running statistics) swaps bit for bit.
+Exactness in practice: the two time slots go through the backbone and the head in separate calls
+with identical shapes (rather than folded into one batch, where a sample's result may depend on
+its batch position through kernel blocking). Swapping the frames therefore swaps every
+intermediate result bit for bit, in eval mode and in train mode: BatchNorm's batch statistics
+are computed per slot (each slot holds a random mix of earlier and later frames because of the
+order flip) and swap along with the frames.
 
 Any input size works: :class:`Backbone` pads ``H, W`` up to a multiple of ``2**depth``
 (zero padding, the same border convention as the 3x3 convs) and crops the output back.
@@ -144,7 +147,11 @@ class Backbone(nn.Module):
 
 
 class _EquivariantBlock(nn.Module):
-    """Per-pixel Deep-Sets layer over time: ``y_t = L(x_t) + mean_s G(x_s)``, then LeakyReLU."""
+    """Per-pixel Deep-Sets layer over time: ``y_t = L(x_t) + mean_s G(x_s)``, then LeakyReLU.
+
+    Works on a list of per-frame tensors ``[(B, C, H, W)] * T``: every frame goes through the same
+    calls with the same shapes, so a frame's result does not depend on its position in time.
+    """
 
     def __init__(self, c_in: int, c_out: int, slope: float):
         super().__init__()
@@ -152,18 +159,14 @@ class _EquivariantBlock(nn.Module):
         self.glob = nn.Conv2d(c_in, c_out, 1, bias=False)
         self.slope = slope
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t = x.shape[:2]
-        flat = x.flatten(0, 1)  # (B*T, C, H, W)
-        loc = self.local(flat).unflatten(0, (b, t))  # (B, T, C', H, W)
-        glo = self.glob(flat).unflatten(0, (b, t))  # (B, T, C', H, W)
-        # Sum over time written as an explicit left-to-right sum over frames: for T == 2 it is
-        # a + b, which is bitwise symmetric, so the block is exactly permutation-equivariant.
-        total = glo[:, 0]
-        for s in range(1, t):
-            total = total + glo[:, s]
-        y = loc + (total / t).unsqueeze(1)  # (B, T, C', H, W)
-        return F.leaky_relu(y, self.slope)
+    def forward(self, frames: list[torch.Tensor]) -> list[torch.Tensor]:
+        glo = [self.glob(f) for f in frames]  # T x (B, C', H, W)
+        # for T == 2 the sum is a + b, which is bitwise symmetric: exact permutation equivariance
+        total = glo[0]
+        for g in glo[1:]:
+            total = total + g
+        mean = total / len(frames)
+        return [F.leaky_relu(self.local(f) + mean, self.slope) for f in frames]
 
 
 class TimeEquivariantHead(nn.Module):
@@ -179,12 +182,15 @@ class TimeEquivariantHead(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.fc = nn.Linear(c, 1)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        y = z
+    def forward_frames(self, frames: list[torch.Tensor]) -> torch.Tensor:
+        """Per-frame features ``[(B, C, H, W)] * T`` -> logits ``(B, T)``."""
         for block in self.blocks:
-            y = block(y)  # (B, T, Ch, H, W)
-        pooled = y.mean(dim=(-2, -1))  # (B, T, Ch)
-        return self.fc(pooled).squeeze(-1)  # (B, T)
+            frames = block(frames)
+        pooled = [f.mean(dim=(-2, -1)) for f in frames]  # T x (B, Ch)
+        return torch.cat([self.fc(p) for p in pooled], dim=1)  # (B, T)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.forward_frames([z[:, i] for i in range(z.shape[1])])
 
 
 class TapModel(nn.Module):
@@ -211,9 +217,11 @@ class TapModel(nn.Module):
         """``x: (B, T, 1, H, W)`` -> ``(logits (B, T), z (B, T, C, H, W))``; frames go through the backbone independently."""
         if x.ndim != 5:
             raise ValueError(f"TapModel takes (B, T, 1, H, W) frame pairs, got shape {tuple(x.shape)}")
-        b, t = x.shape[:2]
-        z = self.backbone(x.flatten(0, 1)).unflatten(0, (b, t))  # (B, T, C, H, W)
-        return self.head(z), z
+        # One backbone call per time slot (not time folded into the batch): each slot is computed by
+        # the same calls on the same shapes, so swapping the frames swaps the results bit for bit,
+        # in eval mode and in train mode (BatchNorm statistics are per slot and swap with it).
+        frames = [self.backbone(x[:, i].contiguous()) for i in range(x.shape[1])]  # T x (B, C, H, W)
+        return self.head.forward_frames(frames), torch.stack(frames, dim=1)  # (B, T), (B, T, C, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (B, T, 1, H, W)`` -> logits ``(B, T)``.
