@@ -83,3 +83,12 @@ def test_bad_inputs_raise_value_error():
         decorrelation_loss(torch.zeros(1, 2, 3, 3), tau=0)
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         decorrelation_loss(torch.zeros(2, 3))
+
+
+def test_decorrelation_is_computed_in_float32_under_autocast():
+    torch.manual_seed(3)
+    z = torch.randn(2, 4, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = decorrelation_loss(z)
+    assert inside.dtype == torch.float32
+    assert inside.item() == pytest.approx(decorrelation_loss(z).item(), abs=1e-6)

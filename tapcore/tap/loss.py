@@ -41,12 +41,13 @@ def decorrelation_loss(z: torch.Tensor, tau: float = 0.2, eps: float = 1e-8) -> 
     if z.ndim != 4:
         raise ValueError(f"decorrelation_loss takes (N, C, H, W) features, got shape {tuple(z.shape)}")
     n, c = z.shape[:2]
-    v = z.float().reshape(n, c, -1)  # (N, C, P)
-    v = v - v.mean(dim=-1, keepdim=True)
-    v = v / (v.norm(dim=-1, keepdim=True) + eps)  # unit-norm channel vectors
-    corr = torch.bmm(v, v.transpose(1, 2)) / tau  # (N, C, C)
-    log_a = F.log_softmax(corr, dim=-1)  # (N, C, C), row-normalised
-    return -log_a.diagonal(dim1=-2, dim2=-1).mean()  # mean over frames and channels
+    with torch.autocast(device_type=z.device.type, enabled=False):  # bmm would otherwise run in bf16
+        v = z.float().reshape(n, c, -1)  # (N, C, P)
+        v = v - v.mean(dim=-1, keepdim=True)
+        v = v / (v.norm(dim=-1, keepdim=True) + eps)  # unit-norm channel vectors
+        corr = torch.bmm(v, v.transpose(1, 2)) / tau  # (N, C, C)
+        log_a = F.log_softmax(corr, dim=-1)  # (N, C, C), row-normalised
+        return -log_a.diagonal(dim1=-2, dim2=-1).mean()  # mean over frames and channels
 
 
 class TapLoss(NamedTuple):
