@@ -137,3 +137,43 @@ def test_bad_inputs_raise_value_error():
         C.ece(PROBS, Y, mode="bottom")
     with pytest.raises(ValueError, match="empty"):
         C.fit_temperature(np.zeros((0, 2)), np.zeros(0, np.int64))
+
+
+def test_calibrate_bundle_writes_validated_file_applied_by_prediction(tmp_path):
+    """calibrate_bundle fits on the bundle's saved validation logits; load + predict apply it."""
+    from tapcore.bundle import load_bundle, save_bundle
+    from tapcore.config import config_to_dict
+    from tapcore.events.heads import build_head
+    from tapcore.events.model import EventModel, load_event_model
+    from tapcore.predict import PredictConfig, predict_movie
+    from tapcore.tap.model import TapConfig, TapModel
+
+    tiny = TapConfig(base_channels=4, depth=2, features=8)
+    torch.manual_seed(0)
+    model = EventModel(TapModel(tiny).backbone, build_head("linear", in_channels=8, n_classes=2, crop=16))
+    config = {"tap_config": config_to_dict(tiny), "head": "linear", "crop": 16, "in_channels": 8, "n_classes": 2,
+              "class_names": ["none", "event"], "normalize": {"pmin": 1.0, "pmax": 99.8}}
+    path = save_bundle(tmp_path / "head", kind="event_head", config=config, state_dict=model.state_dict(),
+                       metrics={}, manifest={"movie_sha256": "abc"})
+    logits, labels = _overconfident(n=2000, scale=4.0)
+    np.save(path / "val_logits.npy", logits.astype(np.float32))
+    np.save(path / "val_labels.npy", labels)
+    res = C.calibrate_bundle(path)
+    assert res.calibration.temperature == pytest.approx(4.0, rel=0.15)
+    rep = res.report
+    assert rep["source"] == "val_logits.npy" and rep["n_samples"] == 2000
+    assert rep["nll_after"] < rep["nll_before"] and rep["ece_after"]["top"] < rep["ece_before"]["top"]
+    assert len(rep["reliability_before"]["positive"]["count"]) == 15
+    stored = load_bundle(path).calibration
+    assert stored["temperature"] == pytest.approx(res.calibration.temperature)
+    loaded = load_event_model(path)
+    assert loaded.calibration["temperature"] == stored["temperature"]
+    movie = (np.random.default_rng(0).random((2, 24, 24)) * 100).astype(np.float32)
+    pred = predict_movie(movie, path, PredictConfig(threshold=1.0))
+    assert pred.record["calibration"]["applied"] is True
+    assert pred.record["calibration"]["temperature"] == pytest.approx(res.calibration.temperature)
+    assert pred.record["model_id"].startswith("event_head-")
+    # a damaged calibration.json is refused on load with a clear message
+    (path / "calibration.json").write_text('{"temperature": -2}')
+    with pytest.raises(ValueError, match="temperature"):
+        load_bundle(path)

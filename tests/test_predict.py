@@ -199,3 +199,40 @@ def test_bad_inputs_raise_value_error():
         PredictConfig(threshold=1.5).validate()
     with pytest.raises(ValueError, match="amp"):
         PredictConfig(amp="fp8").validate()
+
+
+def test_cli_calibrate_predict_explain(tmp_path, capsys):
+    from tapcore.bundle import save_bundle
+    from tapcore.cli import main
+    from tapcore.io import write_tiff
+
+    model = _model("resnet", 16)
+    bundle = save_bundle(tmp_path / "head", kind="event_head", config=model.config, state_dict=model.state_dict(),
+                         metrics={}, manifest={})
+    rng = np.random.default_rng(8)
+    n = 400
+    s = rng.normal(0, 2, n)
+    np.save(bundle / "val_logits.npy", np.stack([np.zeros(n), 3 * s], 1).astype(np.float32))
+    np.save(bundle / "val_labels.npy", (rng.random(n) < 1 / (1 + np.exp(-s))).astype(np.int64))
+    movie = tmp_path / "movie.tif"
+    write_tiff(movie, (rng.random((3, 40, 48)) * 1000).astype(np.uint16))
+
+    assert main(["calibrate", "--model", str(bundle)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["temperature"] > 1.5 and (bundle / "calibration.json").is_file()
+    assert main(["predict", str(movie), "--model", str(bundle), "--out", str(tmp_path / "pred"),
+                 "--threshold", "0.2", "--min-distance", "6"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["frames"] == 3
+    events = pd.read_csv(tmp_path / "pred" / "events.csv")
+    assert list(events.columns) == EVENT_COLUMNS and len(events) == out["events"]
+    record = json.loads((tmp_path / "pred" / "prediction.json").read_text())
+    assert record["calibration"]["applied"] and record["input"]["shape"] == [3, 40, 48]
+    assert main(["explain", str(movie), "--model", str(bundle), "--frame", "1", "--k", "2", "--size", "16",
+                 "--out", str(tmp_path / "cam")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["target"] == "sum" and len(out["regions"]) == 2
+    assert (tmp_path / "cam" / "cam.png").is_file() and (tmp_path / "cam" / "regions.csv").is_file()
+    # bad input: one line on stderr, exit status 2
+    assert main(["predict", str(movie), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert "not found" in capsys.readouterr().err
