@@ -32,6 +32,21 @@ STATE_WORDS = {
 MAX_VIEW_PX = 640
 
 
+def page_setup() -> None:
+    """Call first in every page: make sure the page runs inside ``app.py``'s navigation.
+
+    Streamlit treats a folder called ``pages/`` as an old-style multipage app until ``app.py`` has
+    called ``st.navigation`` once in this server process. A browser that opens a page URL directly
+    on a fresh server would then run the page file alone (no sidebar, no settings). Switching the
+    old mode off and re-running hands the request to ``app.py``, which routes it to this page.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 # -- workspace and queue -----------------------------------------------------------------------
 def workspace() -> Workspace:
     return Workspace(home())
@@ -85,9 +100,11 @@ def dataset_picker(label: str, key: str, need_masks: bool = False, help: str | N
         st.info(f"No {what} yet. Open the **Data** page and load the demo or upload a movie.")
         return None
     ids = [d.id for d in options]
-    default = ids.index("demo") if "demo" in ids else 0
+    wanted = st.query_params.get(key)
+    default = ids.index(wanted) if wanted in ids else (ids.index("demo") if "demo" in ids else 0)
     chosen = st.selectbox(label, ids, index=default, key=key, help=help,
                           format_func=lambda i: next(d.label() for d in options if d.id == i))
+    st.query_params[key] = chosen  # the URL names the choice: a refreshed or shared tab shows the same
     return next(d for d in options if d.id == chosen)
 
 
@@ -100,7 +117,9 @@ def model_picker(label: str, key: str, kind: str, help: str | None = None) -> st
     labels = {m.ref: m.label() for m in models}
     wanted = st.query_params.get(key)
     default = refs.index(wanted) if wanted in refs else 0
-    return st.selectbox(label, refs, index=default, key=key, help=help, format_func=lambda r: labels[r])
+    chosen = st.selectbox(label, refs, index=default, key=key, help=help, format_func=lambda r: labels[r])
+    st.query_params[key] = chosen
+    return chosen
 
 
 # -- jobs --------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from pages._ui import (EVENT_NAMES, add_mask_overlay, display_stride, frame_figure, load_masks, load_movie,
+from pages._ui import (page_setup, EVENT_NAMES, add_mask_overlay, display_stride, frame_figure, load_masks, load_movie,
                        mask_events, workspace)
+
+page_setup()
 
 st.title("Data")
 st.write(

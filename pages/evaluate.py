@@ -9,7 +9,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._ui import job_queue, model_picker, per_class_table, workspace
+from pages._ui import page_setup, job_queue, model_picker, per_class_table, workspace
+
+page_setup()
 
 st.title("Evaluate")
 st.write(
@@ -31,7 +33,8 @@ test = metrics.get("test") or {}
 pr = per_class_table(test, class_names)
 
 c1, c2, c3, c4 = st.columns(4)
-c1.metric("Strategy", f"{metrics.get('strategy', '?')} ({metrics.get('head', config.get('head', '?'))} head)")
+c1.metric("Strategy", str(metrics.get("strategy", "?")), help=f"{metrics.get('head', config.get('head', '?'))} head "
+          f"on {metrics.get('features', '?')} features")
 c2.metric("Test windows", test.get("n", "-"))
 c3.metric("Accuracy", f"{test['accuracy']:.3f}" if test.get("accuracy") is not None else "-")
 c4.metric("Mean recall (balanced accuracy)", f"{pr['recall'].mean():.3f}" if len(pr) else "-")
@@ -59,8 +62,10 @@ with right:
         fig.update_layout(barmode="group", yaxis=dict(range=[0, 1], title="score"), height=300,
                           margin=dict(l=10, r=10, t=10, b=40), legend=dict(orientation="h"))
         st.plotly_chart(fig, width="stretch", key="eval_pr")
-        st.dataframe(pr.rename(columns={"support": "test windows"}).style.format(precision=3, na_rep="-"),
-                     width="stretch")
+        shown = pr[["precision", "recall", "f1", "support"]].astype(float)
+        st.dataframe(shown.rename(columns={"support": "test windows"}).style.format(precision=3, na_rep="-")
+                     .format("{:.0f}", subset=["test windows"]), width="stretch")
+        st.caption("'-': the model never chose this class, so its precision is undefined.")
 
 st.subheader("Errors over time")
 pf_path = path / "per_frame.csv"

@@ -3,7 +3,9 @@
 import pandas as pd
 import streamlit as st
 
-from pages._ui import dataset_picker, live_job, model_picker, per_class_table, submit_job, workspace
+from pages._ui import page_setup, dataset_picker, live_job, model_picker, per_class_table, submit_job, workspace
+
+page_setup()
 
 STRATEGY_HELP = {
     "A1": "A1 · TAP features (frozen) + small ResNet head: the paper's best, recommended",
@@ -103,8 +105,9 @@ elif job.state == "done":
         table = per_class_table(m.get("test") or {})
         if len(table):
             st.subheader("Result on the held-out test windows")
-            table = table.rename(columns={"support": "test windows"})
-            st.dataframe(table.style.format(precision=3, na_rep="-"), width="stretch")
+            table = table[["precision", "recall", "f1", "support"]].astype(float).rename(columns={"support": "test windows"})
+            st.dataframe(table.style.format(precision=3, na_rep="-").format("{:.0f}", subset=["test windows"]),
+                         width="stretch")
             st.caption("Precision: of the windows called events, the share that were events. "
                        "Recall: of the true events, the share that were found. Details on the **Evaluate** page.")
     name = st.text_input("Keep this model as", value=f"head-{job.id[:15]}", key="head_keep_name")

@@ -3,8 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from pages._ui import STATE_WORDS, job_queue, show_log, show_progress
+from pages._ui import page_setup, STATE_WORDS, job_queue, show_log, show_progress
 from tapcore.jobs.queue import ACTIVE_STATES
+
+page_setup()
 
 st.title("Jobs")
 st.write(

@@ -10,9 +10,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._ui import (EVENT_COLORS, dataset_picker, display_stride, frame_figure, job_queue, live_job, load_movie,
+from pages._ui import (page_setup, EVENT_COLORS, dataset_picker, display_stride, frame_figure, job_queue, live_job, load_movie,
                        model_picker, submit_job, workspace)
 from tapcore.workspace import DEMO_DATASET_ID
+
+page_setup()
 
 # Movies up to this many pixels (frames x height x width) are predicted right here, without a job.
 DIRECT_LIMIT_PX = 8_000_000
@@ -46,20 +48,52 @@ model_path = ws.resolve_model(model_ref)
 n_px = int(np.prod(dataset.shape))
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
-def predict_direct(dataset_id: str, sha256: str, model_path: str, model_mtime: float, floor: float):  # noqa: ARG001
-    """Run the prediction in this process (small movies); results are plain arrays/tables, shared by all users."""
-    from tapcore.predict import PredictConfig, predict_movie
+def prediction_key(model_path: Path) -> str:
+    """Identity of a prediction: movie content, model weights, calibration and listing floor."""
+    import hashlib
 
-    movie = ws.load_movie(dataset_id)
-    pred = predict_movie(movie, model_path, PredictConfig(threshold=floor, device="cpu"))
-    return pred.prob_maps, pred.events, pred.per_frame, pred.record
+    h = hashlib.sha256(dataset.sha256.encode())
+    for name in ("weights.pt", "calibration.json", "config.json"):
+        f = model_path / name
+        h.update(f.read_bytes() if f.is_file() else b"-")
+    h.update(str(LIST_FLOOR).encode())
+    return h.hexdigest()[:24]
 
 
-def load_job_prediction(run_dir: Path):
+def predict_direct(out: Path) -> None:
+    """Predict here (small movies) with a progress bar; the result is kept on disk under
+    ``$TAPCORE_HOME/predictions/<key>/`` for every user and every later visit."""
+    import shutil
+    import tempfile
+
+    from tapcore.predict import PredictConfig, predict_movie, write_prediction
+
+    bar = st.progress(0.0, text="Finding events in the movie (once; the result is kept)...")
+
+    def progress(rec: dict) -> None:
+        if rec.get("steps"):
+            frac = min(float(rec.get("step", 0)) / float(rec["steps"]), 1.0)
+            bar.progress(frac, text=f"Finding events: frame {rec.get('step', 0)} of {rec['steps']} "
+                                    "(once; the result is kept)")
+
+    movie = ws.load_movie(dataset.id)
+    pred = predict_movie(movie, model_path, PredictConfig(threshold=LIST_FLOOR, device="cpu"), progress=progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    write_prediction(pred, tmp)
+    if out.exists():  # another session finished the same prediction first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(out)
+    bar.empty()
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def load_prediction(out_dir: str, stamp: float):  # noqa: ARG001 (stamp: cache key)
+    """Maps, events, per-frame table and record of a written prediction (read once, shared)."""
     import tifffile
 
-    out = run_dir / "prediction"
+    out = Path(out_dir)
     record = json.loads((out / "prediction.json").read_text()) if (out / "prediction.json").is_file() else {}
     return (np.asarray(tifffile.imread(out / "heatmaps.tif")), pd.read_csv(out / "events.csv"),
             pd.read_csv(out / "per_frame.csv"), record)
@@ -68,12 +102,15 @@ def load_job_prediction(run_dir: Path):
 result = None
 mtime = (model_path / "weights.pt").stat().st_mtime if (model_path / "weights.pt").exists() else 0.0
 if n_px <= DIRECT_LIMIT_PX:
-    try:
-        with st.spinner("Finding events in the movie (a few seconds on a CPU)..."):
-            result = predict_direct(dataset.id, dataset.sha256, str(model_path), mtime, LIST_FLOOR)
-    except ValueError as exc:
-        st.error(f"Cannot predict: {exc}")
-        st.stop()
+    out_dir = ws.root / "predictions" / prediction_key(model_path)
+    if not (out_dir / "events.csv").is_file():
+        try:
+            predict_direct(out_dir)
+        except ValueError as exc:
+            st.error(f"Cannot predict: {exc}")
+            st.stop()
+    result = load_prediction(str(out_dir), (out_dir / "events.csv").stat().st_mtime)
+    pred_dir = out_dir
     source_note = "computed in the app"
 else:
     st.write(f"This movie is large ({n_px / 1e6:.0f} million pixels), so the prediction runs as a job on the "
@@ -87,7 +124,8 @@ else:
     if job.spec["params"].get("dataset") != dataset.id or job.spec["params"].get("model") != model_ref:
         st.info("The last prediction job was for another movie or model: start a new one.")
         st.stop()
-    result = load_job_prediction(job.run_dir)
+    pred_dir = job.run_dir / "prediction"
+    result = load_prediction(str(pred_dir), job.ended or 0.0)
     source_note = f"from job {job.id}"
 
 prob_maps, events, per_frame_all, pred_record = result
@@ -113,10 +151,14 @@ with left:
     fig = frame_figure(movie[pair], stride=stride, title=f"{dataset.name}: frame {pair} → {pair + 1}")
     if show_heat:
         hm = prob_maps[pair][::stride, ::stride]
+        # transparent where events are unlikely, then yellow -> red, more opaque with probability
+        a = float(opacity)
+        scale = [[0.0, "rgba(255,255,0,0)"], [0.1, f"rgba(255,255,0,{0.15 * a:.3f})"],
+                 [0.5, f"rgba(255,140,0,{0.6 * a:.3f})"], [1.0, f"rgba(220,0,0,{a:.3f})"]]
         fig.add_trace(go.Heatmap(
-            z=np.where(hm >= LIST_FLOOR, hm, np.nan), x=np.arange(hm.shape[1]) * stride,
-            y=np.arange(hm.shape[0]) * stride, zmin=0, zmax=1, colorscale="Inferno", opacity=opacity,
-            colorbar=dict(title="event<br>probability", len=0.8), hovertemplate="p=%{z:.2f}<extra></extra>"))
+            z=hm, x=np.arange(hm.shape[1]) * stride, y=np.arange(hm.shape[0]) * stride, zmin=0, zmax=1,
+            colorscale=scale, colorbar=dict(title="event<br>probability", len=0.8),
+            hovertemplate="x=%{x} y=%{y}<br>p=%{z:.2f}<extra></extra>"))
     if len(here):
         classes = here["class"].astype(str)
         fig.add_trace(go.Scatter(
@@ -129,6 +171,8 @@ with left:
     st.plotly_chart(fig, width="stretch", key="pred_fig")
 
 st.subheader("Events per frame")
+if not len(kept):
+    st.caption("No events at this threshold: lower it to see weaker candidates.")
 counts = kept.groupby("frame").size().reindex(range(prob_maps.shape[0]), fill_value=0)
 per_frame = per_frame_all.copy()
 per_frame["n_events"] = per_frame["frame"].map(counts).fillna(0).astype(int)  # at the chosen threshold
@@ -151,16 +195,6 @@ d2.download_button("Per-frame summary (CSV)", per_frame.to_csv(index=False).enco
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
-def heatmap_tiff(dataset_id: str, model_path: str, model_mtime: float, maps: np.ndarray) -> bytes:  # noqa: ARG001
-    import tifffile
-
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, (np.clip(maps, 0, 1) * 65535).astype(np.uint16), photometric="minisblack",
-                     metadata={"axes": "TYX"})
-    return buf.getvalue()
-
-
-@st.cache_data(max_entries=4, show_spinner=False)
 def bundle_zip(model_path: str, model_mtime: float) -> bytes:  # noqa: ARG001
     buf = io.BytesIO()
     root = Path(model_path)
@@ -171,9 +205,9 @@ def bundle_zip(model_path: str, model_mtime: float) -> bytes:  # noqa: ARG001
     return buf.getvalue()
 
 
-d3.download_button("Heatmaps (TIFF)", heatmap_tiff(dataset.id, str(model_path), mtime, prob_maps),
+d3.download_button("Heatmaps (TIFF)", (pred_dir / "heatmaps.tif").read_bytes(),
                    file_name=f"{dataset.id}_heatmaps.tif", mime="image/tiff", key="dl_heatmaps",
-                   help="One 16-bit page per frame pair; probability = value / 65535.")
+                   help="One 32-bit float page per frame pair t → t+1: the calibrated event probability at each pixel.")
 d4.download_button("Model (zip)", bundle_zip(str(model_path), mtime), file_name=f"{model_path.name}_model.zip",
                    mime="application/zip", key="dl_model")
 

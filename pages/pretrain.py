@@ -2,7 +2,9 @@
 
 import streamlit as st
 
-from pages._ui import dataset_picker, live_job, submit_job, workspace
+from pages._ui import page_setup, dataset_picker, live_job, submit_job, workspace
+
+page_setup()
 
 SIZES = {
     "small": {"label": "Small network (fast; fine for the demo and first tries)",
@@ -62,7 +64,9 @@ if dataset is not None:
         config = {"epochs": int(epochs), "samples_per_epoch": int(samples), "patch": int(patch),
                   "batch_size": int(batch), "lam": float(lam), "seed": int(seed), "model": SIZES[size]["model"],
                   # validation pairs: a quarter of an epoch, at most the default 2048
-                  "val_samples": int(max(16, min(2048, samples // 4)))}
+                  "val_samples": int(max(16, min(2048, samples // 4))),
+                  # about 10 live progress updates per epoch (at most every 50 steps)
+                  "log_every": int(max(1, min(50, samples // max(int(batch), 1) // 10)))}
         try:
             job_id = submit_job("pretrain", {"dataset": dataset.id, "config": config}, url_key="pre_job")
         except ValueError as exc:

@@ -17,6 +17,12 @@ from tapcore.jobs.queue import JobQueue  # noqa: E402
 from tapcore.workspace import Workspace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_per_job(monkeypatch):
+    """Job processes use one CPU thread: tests stay fast on a busy shared machine."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 APP = str(ROOT / "app.py")
 
 
@@ -189,8 +195,8 @@ def test_predict_page_viewer_threshold_and_downloads(trained_home, monkeypatch):
     monkeypatch.setenv("TAPCORE_HOME", str(trained_home))
     monkeypatch.setattr("tapcore.jobs.worker.ensure_worker", lambda *a, **k: None)
     at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["pred_model"] = "saved:head"
     at.run()  # the app opens on Predict
-    at.selectbox(key="pred_model").set_value("saved:head").run()
     assert not at.exception
     assert at.slider(key="pred_frame").max == 14  # 16 frames -> 15 frame pairs
     metric = lambda label: next(m.value for m in at.metric if m.label == label)  # noqa: E731
@@ -208,6 +214,15 @@ def test_predict_page_viewer_threshold_and_downloads(trained_home, monkeypatch):
     at.slider(key="pred_frame").set_value(3).run()
     assert not at.exception
     assert int(metric("In this frame pair")) == int((table["frame"] == 3).sum())
+    kept = list((trained_home / "predictions").iterdir())  # computed once, kept for every later visit
+    assert len(kept) == 1 and (kept[0] / "events.csv").is_file() and (kept[0] / "heatmaps.tif").is_file()
+    stamp = (kept[0] / "events.csv").stat().st_mtime
+    again = AppTest.from_file(APP, default_timeout=120)
+    again.query_params["pred_model"] = "saved:head"  # a refreshed tab: the URL names the model
+    again.run()
+    assert not again.exception and again.selectbox(key="pred_model").value == "saved:head"
+    assert (kept[0] / "events.csv").stat().st_mtime == stamp
+    assert len(list((trained_home / "predictions").iterdir())) == 1
 
 
 def test_pretrain_page_submits_a_job_that_finishes_with_curves(home):

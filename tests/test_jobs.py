@@ -23,6 +23,12 @@ from tapcore.workspace import Workspace
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_per_job(monkeypatch):
+    """Job processes use one CPU thread: tests stay fast on a busy shared machine."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 def _dataset(home: Path, frames: int = 6, size: int = 32) -> str:
     rng = np.random.default_rng(0)
     movie = (rng.random((frames, size, size)) * 1000).astype(np.uint16)
@@ -237,3 +243,13 @@ def test_killed_worker_leaves_job_interrupted_and_a_new_worker_resumes_it(tmp_pa
     assert sorted(set(epoch_records)) == list(range(1, epochs + 1))
     log = (run_dir / "log.txt").read_text()
     assert "--- resuming job" in log
+
+
+def test_child_env_pins_the_device():
+    from tapcore.jobs.worker import child_env, validate_device
+
+    assert child_env("cuda:1")["CUDA_VISIBLE_DEVICES"] == "1" and child_env("cuda:1")["TAPCORE_DEVICE"] == "cuda"
+    assert child_env("cpu")["CUDA_VISIBLE_DEVICES"] == "" and child_env("cpu")["TAPCORE_DEVICE"] == "cpu"
+    assert child_env("auto")["TAPCORE_DEVICE"] == "auto"
+    with pytest.raises(ValueError, match="unknown worker device 'gpu0'"):
+        validate_device("gpu0")
