@@ -248,3 +248,23 @@ def test_pretrain_page_submits_a_job_that_finishes_with_curves(home):
     for title in ("Loss", "Decorrelation loss", "Accuracy"):  # the three live curves
         assert f'"text":"{title}"' in titles
     assert any("Pretraining finished" in s.value for s in at.success)
+
+
+def test_explain_page_gradcam_gallery(trained_home, monkeypatch):
+    monkeypatch.setenv("TAPCORE_HOME", str(trained_home))
+    monkeypatch.setattr("tapcore.jobs.worker.ensure_worker", lambda *a, **k: None)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["exp_model"] = "saved:head"
+    at.run()
+    at.switch_page("pages/explain.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    at.slider(key="exp_k").set_value(3)
+    at.slider(key="exp_size").set_value(16)
+    at.slider(key="exp_frame").set_value(2).run()
+    assert not at.exception and not at.error
+    regions = at.dataframe[0].value
+    assert list(regions["rank"]) == [1, 2, 3]
+    assert regions[["centre y (px)", "centre x (px)"]].apply(lambda c: c.between(0, 95)).all().all()
+    assert [s.value for s in at.subheader] == ["Top regions", "Gallery: each region at frame t (left) and t+1 (right)"]
+    at.selectbox(key="exp_model").set_value("saved:tinytap").run()  # TAP features are explained too
+    assert not at.exception and not at.error and len(at.dataframe[0].value) == 3

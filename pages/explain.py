@@ -1,0 +1,87 @@
+"""Explain: where in a frame pair does the model look? Grad-CAM map and its top regions."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from pages._ui import dataset_picker, load_movie, page_setup, workspace
+
+page_setup()
+
+ZOOM = 3  # crops are shown enlarged this many times (nearest neighbour: pixels stay visible)
+
+st.title("Explain")
+st.write(
+    "Grad-CAM highlights the parts of a frame pair that pushed the model towards its answer: for an "
+    "event model, towards *event*; for TAP features, towards *time runs forward*. The brightest "
+    "regions are listed below as a gallery, each shown at frame t and at frame t+1, so you can check "
+    "that the model looks at cells that divide or die, and not at debris or the image border."
+)
+
+ws = workspace()
+dataset = dataset_picker("Movie", key="exp_dataset")
+models = ws.list_models()
+if dataset is None or not models:
+    if not models:
+        st.info("No model yet: train one on the **Pretrain** or **Event head** page.")
+    st.stop()
+refs = [m.ref for m in models]
+labels = {m.ref: m.label() for m in models}
+wanted = st.query_params.get("exp_model")
+default = refs.index(wanted) if wanted in refs else next((i for i, m in enumerate(models) if m.kind == "event_head"), 0)
+model_ref = st.selectbox("Model", refs, index=default, key="exp_model", format_func=labels.get,
+                         help="An event model explains 'event here'; TAP features explain 'time runs forward'.")
+st.query_params["exp_model"] = model_ref
+model_path = ws.resolve_model(model_ref)
+
+c1, c2, c3 = st.columns(3)
+t = c1.slider("Frame pair (t → t+1)", 0, dataset.shape[0] - 2, 0, key="exp_frame")
+k = c2.slider("Regions to show", 1, 16, 8, key="exp_k", help="The k most highlighted, non-overlapping regions.")
+size = c3.slider("Region size (px)", 16, 128, 48, step=8, key="exp_size",
+                 help="Side of each square region (the model's window size is a good choice).")
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def explain(dataset_id: str, sha256: str, model_path: str, model_stamp: float, t: int, k: int, size: int):  # noqa: ARG001
+    """Grad-CAM of one frame pair (plain arrays and tables; shared by all users)."""
+    from tapcore.explain import ExplainConfig, explain_frame, overlay
+
+    movie = ws.load_movie(dataset_id)
+    exp = explain_frame(movie[t:t + 2], model_path, ExplainConfig(frame=0, k=k, size=size, device="cpu"))
+    picture = overlay(exp.frames[0], exp.cam, exp.regions)
+    crops = [(r.crop_t, r.crop_t1) for r in exp.regions]
+    table = pd.DataFrame([{"rank": r.rank, "centre y (px)": r.y, "centre x (px)": r.x, "score": r.score}
+                          for r in exp.regions])
+    return picture, crops, table, exp.record
+
+
+def enlarge(crop: np.ndarray) -> np.ndarray:
+    img = (np.clip(crop, 0.0, 1.0) * 255).astype(np.uint8)
+    return np.kron(img, np.ones((ZOOM, ZOOM), np.uint8))
+
+
+stamp = (model_path / "weights.pt").stat().st_mtime if (model_path / "weights.pt").is_file() else 0.0
+load_movie(dataset)  # warms the shared movie cache for the other pages
+try:
+    with st.spinner("Computing Grad-CAM for this frame pair..."):
+        picture, crops, table, record = explain(dataset.id, dataset.sha256, str(model_path), stamp, t, k, size)
+except ValueError as exc:
+    st.error(f"Cannot explain this: {exc}")
+    st.stop()
+
+left, right = st.columns([3, 2])
+with left:
+    st.image(picture, caption=f"Frame {t} with the Grad-CAM map (blue = ignored, red = most important) and "
+                              "the top regions numbered by rank.", width=560)
+with right:
+    st.subheader("Top regions")
+    st.dataframe(table.style.format({"score": "{:.3f}"}), hide_index=True, width="stretch")
+    st.caption("Score: mean Grad-CAM value inside the region (0 to 1). Positions in pixels, y down, x right.")
+
+st.subheader("Gallery: each region at frame t (left) and t+1 (right)")
+cols = st.columns(4)
+for i, ((crop_t, crop_t1), row) in enumerate(zip(crops, table.itertuples(index=False))):
+    with cols[i % 4]:
+        pair = np.concatenate([enlarge(crop_t), np.full((crop_t.shape[0] * ZOOM, 4), 255, np.uint8),
+                               enlarge(crop_t1)], axis=1)
+        st.image(pair, caption=f"#{row.rank} at y={row[1]}, x={row[2]} · score {row.score:.2f}")
