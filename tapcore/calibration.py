@@ -64,10 +64,13 @@ class Calibration:
     Attributes:
         temperature: T > 0 (1.0 = unchanged).
         bias: added to every event-class logit after scaling (0.0 = none).
+        class_bias: optional per-class biases ``(K,)`` added after scaling instead of ``bias``
+            (a ``calibration.json`` may hold ``bias`` as a list, one value per class).
     """
 
     temperature: float = 1.0
     bias: float = 0.0
+    class_bias: Optional[tuple[float, ...]] = None
 
     def __post_init__(self) -> None:
         t, b = float(self.temperature), float(self.bias)
@@ -76,15 +79,27 @@ class Calibration:
                              "re-run tapcore calibrate")
         if not math.isfinite(b):
             raise ValueError(f"calibration bias must be a finite number, got {self.bias!r}; re-run tapcore calibrate")
+        if self.class_bias is not None and (len(self.class_bias) < 2 or
+                                            not all(math.isfinite(float(v)) for v in self.class_bias)):
+            raise ValueError(f"per-class calibration bias must hold one finite number per class, got "
+                             f"{self.class_bias!r}; re-run tapcore calibrate")
 
     @property
     def is_identity(self) -> bool:
-        return self.temperature == 1.0 and self.bias == 0.0
+        return self.temperature == 1.0 and self.bias == 0.0 and not any(self.class_bias or ())
 
     def apply(self, logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """Calibrated logits: ``logits (..., K, ...) / T`` plus ``bias`` on classes ``1..K-1`` along ``dim``."""
         out = logits / self.temperature
-        if self.bias != 0.0:
+        if self.class_bias is not None:
+            if len(self.class_bias) != out.shape[dim]:
+                raise ValueError(f"calibration has {len(self.class_bias)} per-class biases but the model has "
+                                 f"{out.shape[dim]} classes; re-run tapcore calibrate for this model")
+            shift = torch.tensor(self.class_bias, dtype=out.dtype, device=out.device)
+            view = [1] * out.dim()
+            view[dim] = out.shape[dim]
+            out = out + shift.view(view)
+        elif self.bias != 0.0:
             shift = torch.full((out.shape[dim],), self.bias, dtype=out.dtype, device=out.device)
             shift[0] = 0.0
             view = [1] * out.dim()
@@ -96,7 +111,9 @@ class Calibration:
         """:meth:`apply` on a numpy ``(N, K)`` array (float64 result)."""
         return self.apply(torch.as_tensor(np.asarray(logits, np.float64)), dim=-1).numpy()
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
+        if self.class_bias is not None:
+            return {"temperature": float(self.temperature), "bias": [float(v) for v in self.class_bias]}
         return {"temperature": float(self.temperature), "bias": float(self.bias)}
 
 
@@ -287,7 +304,10 @@ def calibration_from_dict(data: Optional[dict[str, Any]]) -> Calibration:
         raise ValueError("calibration.json has no 'temperature'; re-run tapcore calibrate")
     try:
         t = float(data["temperature"])
-        b = float(data.get("bias", 0.0) or 0.0)
+        raw = data.get("bias")
+        if isinstance(raw, (list, tuple)):
+            return Calibration(t, 0.0, tuple(float(v) for v in raw))
+        b = float(raw or 0.0)
     except (TypeError, ValueError):
         raise ValueError(f"calibration.json has a non-numeric temperature/bias ({data.get('temperature')!r}, "
                          f"{data.get('bias')!r}); re-run tapcore calibrate") from None

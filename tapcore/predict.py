@@ -369,6 +369,28 @@ class DensePredictor:
         return self.pair_logits(r[:-1], r[1:])
 
 
+def normalize_frames_torch(frames: torch.Tensor, pmin: float = 1.0, pmax: float = 99.8) -> torch.Tensor:
+    """Per-frame percentile normalisation on the device, the same rule as ``tapcore.io.normalize_movie``.
+
+    ``frames (B, Y, X)`` (any real dtype) -> float32 ``(B, Y, X)``: ``(x - p_min) / (p_max - p_min)``
+    with linear-interpolated percentiles; constant frames get scale 1; non-finite pixels become 0 and
+    are left out of the percentiles. Frames above ``torch.quantile``'s 16M-element limit are
+    normalised with numpy instead.
+    """
+    x = frames.float()
+    if x[0].numel() > 16_000_000 or not bool(torch.isfinite(x).all()):
+        from tapcore.io import normalize_movie
+
+        return torch.from_numpy(normalize_movie(frames.cpu().numpy(), pmin, pmax)).to(frames.device)
+    q = torch.tensor([pmin / 100.0, pmax / 100.0], device=x.device, dtype=torch.float64)
+    lo_hi = torch.quantile(x.flatten(1).double(), q, dim=1)  # (2, B)
+    lo, hi = lo_hi[0], lo_hi[1]
+    scale = hi - lo
+    tiny = 1e-12 * torch.maximum(torch.maximum(hi.abs(), lo.abs()), torch.ones_like(hi))
+    scale = torch.where(scale <= tiny, torch.ones_like(scale), scale)
+    return ((x - lo.float().view(-1, 1, 1)) / scale.float().view(-1, 1, 1)).contiguous()  # (B, Y, X)
+
+
 # -- peak finding ----------------------------------------------------------------------------------
 def find_peaks(prob: torch.Tensor | np.ndarray, threshold: float = 0.5, min_distance: int = 24) -> np.ndarray:
     """Local maxima of probability maps by max-pool non-maximum suppression.
@@ -494,8 +516,12 @@ def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], 
     steps = (t_len + batch - 1) // batch
     for step, f0 in enumerate(range(0, t_len, batch), start=1):
         f1 = min(f0 + batch, t_len)
-        frames = torch.from_numpy(normalize_movie(movie[f0:f1], pmin, pmax))[:, None]  # (b, 1, Y, X)
-        r = predictor.responses(frames.to(predictor.device, non_blocking=True))  # (b, O, Y, X)
+        if predictor.device.type == "cuda":  # percentiles on the GPU: the host only copies raw frames
+            raw = torch.from_numpy(np.ascontiguousarray(movie[f0:f1])).pin_memory()
+            frames = normalize_frames_torch(raw.to(predictor.device, non_blocking=True), pmin, pmax)[:, None]
+        else:
+            frames = torch.from_numpy(normalize_movie(movie[f0:f1], pmin, pmax))[:, None]  # (b, 1, Y, X)
+        r = predictor.responses(frames)  # (b, O, Y, X)
         seq = r if prev is None else torch.cat([prev, r], dim=0)
         first = f0 if prev is None else f0 - 1  # frame index of seq[0]
         prev = r[-1:]

@@ -66,6 +66,11 @@ def test_apply_bias_on_event_classes_only():
     maps = torch.ones(1, 3, 2, 2)
     dense = calib.apply(maps, dim=1)
     torch.testing.assert_close(dense[0, :, 0, 0], torch.tensor([0.5, 1.0, 1.0]))
+    # per-class biases (calibration.json may store a list)
+    per_class = C.calibration_from_dict({"temperature": 2.0, "bias": [0.0, 1.0, -1.0]})
+    torch.testing.assert_close(per_class.apply(torch.tensor([[2.0, 4.0, -2.0]])), torch.tensor([[1.0, 3.0, -2.0]]))
+    with pytest.raises(ValueError, match="per-class"):
+        per_class.apply(torch.zeros(1, 2))
 
 
 # Hand-worked example: (p(event), label) pairs, 15 bins of width 1/15.

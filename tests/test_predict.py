@@ -236,3 +236,14 @@ def test_cli_calibrate_predict_explain(tmp_path, capsys):
     # bad input: one line on stderr, exit status 2
     assert main(["predict", str(movie), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_device_normalisation_matches_io():
+    """The GPU path normalises frames with torch.quantile; it must match tapcore.io.normalize_movie."""
+    from tapcore.predict import normalize_frames_torch
+
+    rng = np.random.default_rng(9)
+    movie = (rng.gamma(2.0, 300.0, (3, 50, 61))).astype(np.uint16)
+    movie[2] = 7  # a constant frame
+    got = normalize_frames_torch(torch.from_numpy(movie))  # uint16, as the GPU path copies it
+    np.testing.assert_allclose(got.numpy(), normalize_movie(movie), atol=1e-5)
