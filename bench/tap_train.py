@@ -83,6 +83,8 @@ def throughput(movie: np.ndarray, args: argparse.Namespace, device: str) -> None
     dt = time.perf_counter() - t0
     emit({**base, "what": "data", "precision": "fp32", "steps": args.steps, "seconds": dt,
           "pairs_per_s": args.steps * args.batch / dt})
+    if args.data_only:
+        return
 
     for precision in precisions:
         torch.manual_seed(0)
@@ -170,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="timed steps per throughput measurement")
     p.add_argument("--warmup", type=int, help="warm-up steps")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    p.add_argument("--data-only", dest="data_only", action="store_true",
+                   help="throughput: time only pair sampling + augmentation")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--budget", type=float, help="accuracy run: training-time budget in seconds")
     p.add_argument("--epoch-steps", dest="epoch_steps", type=int, help="accuracy run: steps per (short) epoch")
