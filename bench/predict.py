@@ -13,6 +13,9 @@ Examples::
     .venv/bin/python bench/predict.py --hela-frames 8 --synthetic-frames 4   # quick estimate
     .venv/bin/python bench/predict.py --device cuda --amp bf16 --synthetic-frames 64 --hela-frames 92
 
+On a shared CPU, ``cpu_s_per_frame`` (process CPU time per frame) is the load-independent figure;
+``full_movie_s_idle_estimate`` = frames x cpu_s_per_frame / threads.
+
 Memory: ``peak_rss_mb`` is the process's peak resident set (``ru_maxrss``, includes the movie and
 everything loaded before), ``peak_traced_mb`` the peak of Python/numpy allocations during the run
 (``tracemalloc``), ``cuda_peak_mb`` ``torch.cuda.max_memory_allocated`` on GPU.
@@ -65,11 +68,14 @@ def run(name: str, movie: np.ndarray, model, cfg: PredictConfig, full_frames: in
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
     tracemalloc.start()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     pred = predict_movie(movie, model, cfg)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     traced_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     fps = movie.shape[0] / seconds
@@ -81,10 +87,15 @@ def run(name: str, movie: np.ndarray, model, cfg: PredictConfig, full_frames: in
         "device": device, "threads": torch.get_num_threads(), "amp": cfg.amp, "batch": pred.record["config"]["batch"],
         "tile": cfg.tile, "method": pred.record["method"], "head": getattr(model.head, "name", None),
         "loadavg_1min": round(os.getloadavg()[0], 2),
+        # CPU seconds per frame do not depend on other processes' load: on an otherwise idle machine
+        # with perfect thread scaling one frame takes about cpu_s_per_frame / threads seconds
+        "cpu_s_per_frame": round(cpu_s / movie.shape[0], 2),
     }
     if full_frames:
         out["full_movie_frames"] = full_frames
         out["full_movie_s_estimate"] = round(full_frames / fps, 1)
+        if device == "cpu":
+            out["full_movie_s_idle_estimate"] = round(full_frames * cpu_s / movie.shape[0] / torch.get_num_threads(), 1)
     if device.startswith("cuda"):
         out["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         out["gpu"] = torch.cuda.get_device_name()

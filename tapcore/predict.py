@@ -517,7 +517,7 @@ def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], 
     for step, f0 in enumerate(range(0, t_len, batch), start=1):
         f1 = min(f0 + batch, t_len)
         if predictor.device.type == "cuda":  # percentiles on the GPU: the host only copies raw frames
-            raw = torch.from_numpy(np.ascontiguousarray(movie[f0:f1])).pin_memory()
+            raw = torch.from_numpy(np.asarray(movie[f0:f1], np.float32)).pin_memory()  # (b, Y, X)
             frames = normalize_frames_torch(raw.to(predictor.device, non_blocking=True), pmin, pmax)[:, None]
         else:
             frames = torch.from_numpy(normalize_movie(movie[f0:f1], pmin, pmax))[:, None]  # (b, 1, Y, X)
