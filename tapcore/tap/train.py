@@ -66,7 +66,8 @@ class PretrainConfig:
         device: "auto", "cpu", "cuda" or "cuda:N".
         val_fraction: without a validation movie, the last ``ceil(val_fraction * T)`` frames are
             held out for validation (and never used for training).
-        val_samples: validation pairs (fixed across epochs; un-augmented, half in flipped order).
+        val_samples: validation pairs (fixed across epochs, un-augmented, each shown in flipped
+            order with probability 0.5).
         val_batch_size: pairs per validation step.
         pmin, pmax: per-frame percentile normalisation (1, 99.8).
         amp: bf16 autocast on CUDA (ignored on CPU).
