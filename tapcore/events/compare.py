@@ -77,7 +77,6 @@ def compare(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | os.
             out_dir: str | os.PathLike, progress: Optional[ProgressFn] = None) -> CompareResult:
     """Train every (criterion, strategy, repeat) and write the mean ± std tables."""
     from tapcore.io import check_masks, normalize_movie
-    from tapcore.utils import atomic_write_json, atomic_write_text, environment_info, resolve_device, sha256_array
 
     cfg = dataclasses.replace(cfg, strategies=tuple(cfg.strategies), criteria=tuple(cfg.criteria)).validate()
     masks = check_masks(masks, movie)
@@ -119,6 +118,8 @@ def compare(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | os.
                     row[f"prec_{k}"] = float(res.precision[k])
                     row[f"rec_{k}"] = float(res.recall[k])
                 rows.append(row)
+                n_classes, split_info = pairs.n_classes, pairs.split_info()
+                _write_tables(rows, n_classes, split_info, cfg, movie, masks, tap_bundle, t0, out_dir)  # partial
                 if not cfg.keep_bundles:
                     shutil.rmtree(run_dir, ignore_errors=True)
                 done += 1
@@ -128,25 +129,34 @@ def compare(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | os.
                               **{k: v for k, v in row.items() if k.startswith(("prec_", "rec_"))}})
                 logger.info("compare %s %s r%d: %s", criterion, strategy, r,
                             {k: round(v, 3) for k, v in row.items() if k.startswith(("prec_", "rec_"))})
+    table, runs, info = _write_tables(rows, n_classes, split_info, cfg, movie, masks, tap_bundle, t0, out_dir)
+    return CompareResult(table, runs, out_dir, info)
+
+
+def _write_tables(rows: list[dict[str, Any]], n_classes: int, split_info: dict[str, Any], cfg: CompareConfig,
+                  movie: np.ndarray, masks: np.ndarray, tap_bundle: Any, t0: float, out_dir: Path):
+    """Write runs.csv and table.csv/.md/.json from the runs so far (called after every run)."""
+    from tapcore.utils import atomic_write_json, atomic_write_text, environment_info, resolve_device, sha256_array
+
     runs = pd.DataFrame(rows)
-    table = summarise(runs, pairs.n_classes)
+    table = summarise(runs, n_classes)
     info = {
         "config": config_to_dict(cfg),
-        "split": pairs.split_info(),
+        "split": split_info,
         "repeats": cfg.repeats,
+        "runs_done": len(rows),
         "movie_sha256": sha256_array(np.asarray(movie)),
         "masks_sha256": sha256_array(masks),
         "tap_bundle": str(tap_bundle) if tap_bundle else None,
         "total_time_s": time.time() - t0,
-        **environment_info(resolve_device(base.device)),
+        **environment_info(resolve_device(cfg.head.device)),
     }
-    runs.to_csv(out_dir / "runs.csv.tmp", index=False)
-    os.replace(out_dir / "runs.csv.tmp", out_dir / "runs.csv")
+    atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False))
     atomic_write_text(out_dir / "table.csv", table.to_csv(index=False))
     atomic_write_text(out_dir / "table.md", to_markdown(table, info))
     atomic_write_json(out_dir / "table.json", {"info": info, "table": table.to_dict(orient="records"),
                                                "runs": runs.to_dict(orient="records")})
-    return CompareResult(table, runs, out_dir, info)
+    return table, runs, info
 
 
 def summarise(runs: pd.DataFrame, n_classes: int) -> pd.DataFrame:
@@ -165,7 +175,9 @@ def summarise(runs: pd.DataFrame, n_classes: int) -> pd.DataFrame:
         for k in range(n_classes):
             for m in ("prec", "rec"):
                 v = g[f"{m}_{k}"].to_numpy(float)
-                mean, std = float(np.nanmean(v)), float(np.nanstd(v)) if len(v) > 1 else 0.0
+                v = v[np.isfinite(v)]  # precision is NaN (0/0) when a run predicts no sample of the class
+                mean = float(v.mean()) if len(v) else float("nan")
+                std = float(v.std()) if len(v) > 1 else 0.0
                 row[f"{m} {k}"] = f"{mean:.2f}±{std:.2f}"
                 row[f"{m}_{k}_mean"] = mean
                 row[f"{m}_{k}_std"] = std
@@ -182,7 +194,7 @@ def to_markdown(table: pd.DataFrame, info: dict[str, Any]) -> str:
     for _, row in table.iterrows():
         lines.append("| " + " | ".join(str(row[c]) for c in show) + " |")
     split = info.get("split", {})
-    lines += ["", f"Mean ± std over {info.get('repeats')} runs; split: {split.get('split')} "
+    lines += ["", f"Mean ± std over {info.get('repeats')} runs ({info.get('runs_done')} runs done in all); split: {split.get('split')} "
                   f"{split.get('fractions')}; device: {info.get('device')}; "
                   f"total time {info.get('total_time_s', 0):.0f} s."]
     return "\n".join(lines) + "\n"
