@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -107,6 +108,42 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     }
 
 
+def speed(args: argparse.Namespace) -> dict:
+    """Time ResNet-head training steps on frozen float16 features (the paper-sized run extrapolated).
+
+    Feature values do not change the cost, so the features are random float16 ``(T, Y, X, 32)``; the
+    step is the real one (window gather, head forward/backward, Adam) at batch 108, crop 48.
+    """
+    import numpy as np
+    import torch
+
+    from tapcore.events.features import FrameFeatures
+    from tapcore.events.heads import build_head
+    from tapcore.events.train import _Source, train_one_epoch
+
+    rng = np.random.default_rng(0)
+    t_len, size, crop = 24, 256, 48
+    feats = FrameFeatures(rng.standard_normal((t_len, size, size, 32)).astype(np.float16), "speed")
+    n_pairs, batch = args.speed_steps * 108, 108
+    coords = np.stack([rng.integers(0, t_len - 1, n_pairs), rng.integers(0, size - crop, n_pairs),
+                       rng.integers(0, size - crop, n_pairs)], 1)
+    labels = rng.integers(0, 2, n_pairs)
+    head = build_head("resnet", 32, 2, crop)
+    head.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-3)
+    source = _Source(feats, np.zeros((1, 1, 1), np.float32), crop, head.margin, 0)
+    train_one_epoch(head, source, coords[:batch], labels[:batch], opt, batch, rng, "cpu")  # warm-up
+    t, c = time.time(), time.process_time()
+    train_one_epoch(head, source, coords, labels, opt, batch, rng, "cpu")
+    wall, cpu = (time.time() - t) / args.speed_steps, (time.process_time() - c) / args.speed_steps
+    steps_30 = 30 * int(np.ceil(14934 / batch))
+    return {"speed": "resnet head, frozen features, batch 108, crop 48 (window 54), train step incl. gather",
+            "steps_timed": args.speed_steps, "wall_s_per_step": wall, "cpu_s_per_step": cpu,
+            "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0],
+            "paper_run_steps": steps_30, "paper_run_wall_h_at_this_rate": wall * steps_30 / 3600,
+            "paper_run_h_if_cpu_time_spread_over_threads": cpu * steps_30 / 3600 / torch.get_num_threads()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="hela01,psc01", help="comma-separated datasets under ../shared/data")
@@ -126,11 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tap-val-samples", type=int, default=256, help="TAP validation pairs per epoch")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--speed", action="store_true", help="only time ResNet-head steps on frozen features")
+    p.add_argument("--speed-steps", type=int, default=3, help="steps timed by --speed")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.speed:
+        print(json.dumps(speed(args)), flush=True)
+        return 0
     for name in [d for d in args.data.split(",") if d]:
         if not (SHARED / name).is_dir():
             print(json.dumps({"dataset": name, "skipped": f"{SHARED / name} not found"}), flush=True)
