@@ -40,11 +40,17 @@ def page_setup() -> None:
     on a fresh server would then run the page file alone (no sidebar, no settings). Switching the
     old mode off and re-running hands the request to ``app.py``, which routes it to this page.
     """
+    from unittest.mock import Mock
+
+    from streamlit.runtime import Runtime
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        # streamlit.testing's AppTest (a mock runtime) resets this flag before every run and
+        # delivers a widget click to one run only: re-running there would drop the click.
+        if not isinstance(Runtime._instance, Mock):
+            st.rerun()
 
 
 # -- workspace and queue -----------------------------------------------------------------------
@@ -178,12 +184,12 @@ def show_progress(job: Job) -> None:
     label = f"{STATE_WORDS.get(job.state, job.state).capitalize()}" + (f" · {stage}" if stage else "") + \
         (f" · {', '.join(parts)}" if parts else "")
     st.progress(frac, text=label)
-    elapsed = last.get("elapsed_s")
-    if elapsed is None and job.started:
-        elapsed = (job.ended or time.time()) - job.started
+    # elapsed: the job's wall time; time left: from the current stage's own pace
+    elapsed = ((job.ended or time.time()) - job.started) if job.started else last.get("elapsed_s")
+    stage_elapsed = last.get("elapsed_s")
     eta = None
-    if job.state == "running" and elapsed and 0.0 < frac < 1.0:
-        eta = float(elapsed) * (1.0 - frac) / frac
+    if job.state == "running" and stage_elapsed and 0.0 < frac < 1.0:
+        eta = float(stage_elapsed) * (1.0 - frac) / frac
     c1, c2, c3 = st.columns(3)
     c1.metric("Elapsed", fmt_seconds(elapsed))
     c2.metric("Time left (estimate)", fmt_seconds(eta) if job.state == "running" else ("0 s" if job.state == "done" else "-"))

@@ -13,7 +13,7 @@ model, so a new user sees predictions at once. Steps, all with the library's pub
 Output: ``models/demo/`` (the self-contained event-head bundle, referred to as ``shipped:demo``)
 and ``models/demo/tap/`` (the TAP bundle it was trained from, ``shipped:demo/tap``).
 
-Usage: ``python scripts/make_demo_model.py [--out models/demo] [--threads 2]``
+Usage: ``python scripts/make_demo_model.py [--out models/demo] [--threads 1]``
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The demo's TAP network (documented above): small enough for CPU and for git.
 SMALL_TAP = {"base_channels": 8, "depth": 2, "features": 16, "head_channels": 16}
 #: Pretraining settings for the demo (paper defaults for everything not listed).
-PRETRAIN = {"epochs": 8, "samples_per_epoch": 1024, "batch_size": 32, "patch": 64, "val_samples": 256, "seed": 0}
+PRETRAIN = {"epochs": 10, "samples_per_epoch": 512, "batch_size": 32, "patch": 64, "val_samples": 256, "seed": 0}
 #: Head settings: A1 (TAP features frozen + ResNet head), division / death / nothing.
 HEAD = {"strategy": "A1", "epochs": 12, "seed": 0,
         "dataset": {"task": "three_class", "criterion": "size_either", "pairs_per_frame": 400, "seed": 0}}
@@ -42,7 +42,7 @@ MAX_FILE_BYTES = 2 * 1024 * 1024
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "models" / "demo"), help="output folder (default: models/demo)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1; more only on an idle machine)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -55,15 +55,22 @@ def main(argv: list[str] | None = None) -> int:
     from tapcore.tap.train import PretrainConfig, pretrain
 
     torch.set_num_threads(args.threads)
+
+    def report(rec: dict) -> None:  # one line per epoch, so a long run shows where it is
+        if rec.get("kind") in ("epoch", "done"):
+            keys = ("stage", "kind", "epoch", "epochs", "train_loss", "train_acc", "val_acc", "elapsed_s")
+            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items() if k in keys}),
+                  flush=True)
+
     out = Path(args.out).resolve()
     t0 = time.time()
     demo = make_synthetic(SynthConfig())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pcfg = config_from_dict(PretrainConfig, {**PRETRAIN, "device": "cpu", "model": SMALL_TAP})
-        pretrain(demo.movie, pcfg, tmp / "tap")
+        pretrain(demo.movie, pcfg, tmp / "tap", progress=report)
         hcfg = config_from_dict(HeadConfig, {**HEAD, "device": "cpu"})
-        result = train_head(demo.movie, demo.masks, tmp / "tap", hcfg, tmp / "head")
+        result = train_head(demo.movie, demo.masks, tmp / "tap", hcfg, tmp / "head", progress=report)
         calib = calibrate_bundle(tmp / "head")
         shutil.rmtree(tmp / "tap" / "checkpoint", ignore_errors=True)
         if out.exists():

@@ -1,0 +1,220 @@
+"""Real-browser test: the whole workflow in Debian Chromium driven by Playwright.
+
+Starts ``streamlit run app.py`` on a free port with its own workspace, loads the demo, trains a
+tiny TAP model and event head through the job queue, opens the heatmap viewer and downloads the
+events CSV. Screenshots of every page go to ``test-artifacts/browser/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed at /usr/bin/chromium "
+                                                     "(apt-get install chromium; .ci/run does this)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("browser") / "workspace"
+    port = _free_port()
+    env = {**os.environ, "TAPCORE_HOME": str(home), "TAPCORE_WORKER_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    log = open(home.parent / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            log.flush()
+            raise RuntimeError("streamlit did not start:\n" + (home.parent / "streamlit.log").read_text())
+        time.sleep(0.3)
+    yield url, home
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=20)
+    # the app started a detached worker for this workspace: stop it (by its recorded pid)
+    spawn = home / "worker.spawn"
+    if spawn.exists():
+        pid = int(spawn.read_text().split()[0])
+        try:
+            os.kill(pid, 15)
+        except ProcessLookupError:
+            pass
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield b
+        b.close()
+
+
+def _settle(page, timeout: float = 60.0, quiet: float = 1.5) -> None:
+    """Wait until the app is idle: no skeleton, no 'running' icon for ``quiet`` seconds in a row."""
+    busy_js = ("() => !!(document.querySelector('[data-testid=\"stAppSkeleton\"]') || "
+               "document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]') || "
+               "!document.querySelector('[data-testid=\"stApp\"]'))")
+    deadline = time.time() + timeout
+    page.wait_for_timeout(500)
+    idle_since = None
+    while time.time() < deadline:
+        if page.evaluate(busy_js):
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.time()
+        elif time.time() - idle_since >= quiet:
+            return
+        page.wait_for_timeout(150)
+    raise TimeoutError(f"the app stayed busy for {timeout} s")
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _goto(page, url: str, path: str, timeout: float = 60.0) -> None:
+    page.goto(f"{url}/{path}")
+    _settle(page, timeout=timeout)
+
+
+def _wait_text(page, text: str, timeout: float = 120_000) -> None:
+    page.get_by_text(text, exact=False).first.wait_for(timeout=timeout)
+
+
+def _choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the select box labelled ``label``."""
+    page.get_by_label(label, exact=True).first.click()
+    page.get_by_role("option", name=option).click()
+    _settle(page)
+
+
+def _query(page) -> dict[str, str]:
+    from urllib.parse import parse_qs, urlparse
+
+    return {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
+
+
+def test_workflow_in_a_real_browser(app_server, browser):
+    url, home = app_server
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
+    page = ctx.new_page()
+    try:
+        _workflow(page, url, home)
+    except BaseException:
+        _shot(page, "failure")  # what the browser showed when the test failed
+        (ARTIFACTS / "failure-url.txt").write_text(page.url)
+        raise
+    finally:
+        ctx.close()
+
+
+def _workflow(page, url: str, home: Path) -> None:
+    t0 = time.time()
+
+    # Data: load the demo, see the preview with its masks
+    _goto(page, url, "data")
+    page.get_by_role("button", name="Load the synthetic demo movie").click()
+    _wait_text(page, "Loaded: Synthetic demo")
+    _settle(page)
+    _wait_text(page, "Your datasets")
+    assert (home / "datasets" / "demo" / "meta.json").is_file()
+    _shot(page, "1-data")
+
+    # Pretrain: quick settings, start, watch the live progress reach the end
+    _goto(page, url, "pretrain")
+    _choose(page, "Settings", "Quick test (a minute on a laptop)")
+    page.get_by_role("button", name="Start pretraining").click()
+    _wait_text(page, "queued. Progress appears below")
+    pre_job = _query(page)["pre_job"]
+    _wait_text(page, "Pretraining finished", timeout=240_000)
+    _settle(page)
+    _shot(page, "2-pretrain")
+
+    # Event head: the features just trained, quick settings
+    _goto(page, url, f"event_head?tap_model=run:{pre_job}")
+    _choose(page, "Settings", "Quick test (a minute on a laptop)")
+    page.get_by_role("button", name="Start training").click()
+    _wait_text(page, "queued. Progress appears below")
+    head_job = _query(page)["head_job"]
+    _wait_text(page, "Result on the held-out test windows", timeout=300_000)
+    _settle(page)
+    _shot(page, "3-event-head")
+
+    _goto(page, url, f"evaluate?eval_model=run:{head_job}")
+    _wait_text(page, "After calibration: ECE")
+    _shot(page, "4-evaluate")
+
+    _goto(page, url, "explain")
+    _shot(page, "5-explain")
+
+    # Predict: the heatmap viewer on the head just trained, then the events CSV
+    # Predict is the app's home page ("/"); the first visit computes the prediction
+    _goto(page, url, f"?pred_model=run:{head_job}", timeout=300)
+    _wait_text(page, "Heatmap viewer")
+    slider = page.get_by_role("slider", name="Frame pair (t → t+1)")
+    slider.focus()
+    for _ in range(5):
+        slider.press("ArrowRight")
+        _settle(page, quiet=0.5)
+    _settle(page)
+    _wait_text(page, "frame 5 → 6", timeout=60_000)
+    threshold = page.get_by_role("slider", name="Threshold (event probability)")
+    threshold.focus()
+    threshold.press("Home")  # the lowest threshold lists every candidate of this quickly trained head
+    _settle(page)
+    _shot(page, "6-predict")
+    shown = int(page.get_by_test_id("stMetric").filter(has_text="Events at this threshold")
+                .get_by_test_id("stMetricValue").inner_text())
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Events (CSV)").click()
+    rows = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
+    assert len(rows) == shown
+    assert rows and set(rows[0]) == {"frame", "next_frame", "y", "x", "probability", "class", "model_id"}
+    assert all(float(r["probability"]) >= 0.05 for r in rows)  # the threshold set above
+    assert all(0 <= int(r["frame"]) < 47 and int(r["next_frame"]) == int(r["frame"]) + 1 for r in rows)
+
+    _goto(page, url, f"jobs?job={head_job}")
+    _wait_text(page, "One job")
+    _wait_text(page, "Finished")
+    _shot(page, "7-jobs")
+    from tapcore.jobs.queue import JobQueue
+
+    assert [j.state for j in JobQueue(home).list()] == ["done", "done"]
+    assert time.time() - t0 < 600
