@@ -96,7 +96,7 @@ class PredictConfig:
     min_distance: int = 24  # pixels; reported events are more than this apart in y or x (half a crop)
     tile: int = 1280  # frames larger than this (pixels) go through the backbone in tiles of this side
     overlap: int = 64  # context pixels around each backbone tile (the U-Net's receptive radius is ~51)
-    head_tile: int = 512  # output tile side of the dense correlation (bounds the FFT's memory)
+    head_tile: int = 1024  # output tile side of the encoder and the FFT correlation (bounds their memory)
     batch: Optional[int] = None  # frames per backbone / encoder call (None: 1 on CPU, 8 on GPU)
     device: str = "auto"  # "auto" | "cpu" | "cuda[:N]"
     amp: str = "none"  # "none" | "bf16" | "fp16": autocast the backbone and encoder (GPU); FFT stays float32
@@ -186,8 +186,12 @@ def inference_copy(module: nn.Module, channels_last: bool = True) -> nn.Module:
     return m
 
 
-def _starts(size: int, tile: int) -> list[int]:
-    return list(range(0, size, tile)) if size > tile else [0]
+def _spans(size: int, tile: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """Split ``[0, size)`` into ``ceil(size / tile)`` near-equal spans whose starts are multiples of
+    ``multiple`` (even splits keep halos and FFT sizes small: 1100 px with tile 1024 -> 2 x 550)."""
+    n = max(1, math.ceil(size / tile))
+    step = max(multiple, math.ceil(math.ceil(size / n) / multiple) * multiple)
+    return [(s, min(s + step, size)) for s in range(0, size, step)]
 
 
 class DensePredictor:
@@ -272,9 +276,8 @@ class DensePredictor:
                 return backbone(frames).float()
         out: Optional[torch.Tensor] = None
         ov = self.overlap
-        for y0 in _starts(height, self.tile):
-            for x0 in _starts(width, self.tile):
-                y1, x1 = min(y0 + self.tile, height), min(x0 + self.tile, width)
+        for y0, y1 in _spans(height, self.tile, self.multiple):
+            for x0, x1 in _spans(width, self.tile, self.multiple):
                 ya, yb = max(0, y0 - ov), min(height, y1 + ov)
                 xa, xb = max(0, x0 - ov), min(width, x1 + ov)
                 with self._autocast():
@@ -299,9 +302,8 @@ class DensePredictor:
         zp = F.pad(z, (2 * m, 2 * m, 2 * m, 2 * m))  # (B, C, Y + 4m, X + 4m)
         inner_h, inner_w = height + 2 * m, width + 2 * m  # frame rows [-m, Y + m)
         tile = max(int(self.cfg.head_tile), 16)
-        for r0 in range(0, inner_h, tile):
-            for c0 in range(0, inner_w, tile):
-                r1, c1 = min(r0 + tile, inner_h), min(c0 + tile, inner_w)
+        for r0, r1 in _spans(inner_h, tile):
+            for c0, c1 in _spans(inner_w, tile):
                 # inner rows [r0, r1) <- zp rows [r0, r1 + 2m) (m halo on each side)
                 e = self._encode(zp[..., r0:r1 + 2 * m, c0:c1 + 2 * m])[..., m:m + r1 - r0, m:m + c1 - c0]
                 # inner row i <-> frame row i - m <-> ext row i - m + lo
@@ -317,7 +319,7 @@ class DensePredictor:
     def _kfft(self, fh: int, fw: int) -> torch.Tensor:
         key = (fh, fw)
         if key not in self._kernel_fft:
-            if len(self._kernel_fft) >= 4:
+            if len(self._kernel_fft) >= 2:
                 self._kernel_fft.clear()
             self._kernel_fft[key] = torch.conj(torch.fft.rfft2(self.weight, s=(fh, fw)))  # (O, D, fh, fw//2+1)
         return self._kernel_fft[key]
@@ -332,13 +334,17 @@ class DensePredictor:
             return F.conv2d(ext, self.weight)  # (B, O, Y, X)
         out = torch.empty(b, self.weight.shape[0], height, width, device=ext.device)
         tile = int(self.cfg.head_tile)
-        for y0 in range(0, height, tile):
-            for x0 in range(0, width, tile):
-                th, tw = min(tile, height - y0), min(tile, width - x0)
+        for y0, y1 in _spans(height, tile):
+            for x0, x1 in _spans(width, tile):
+                th, tw = y1 - y0, x1 - x0
                 sh, sw = th + cs - 1, tw + cs - 1
                 fh, fw = _fast_len(sh), _fast_len(sw)
                 ef = torch.fft.rfft2(ext[..., y0:y0 + sh, x0:x0 + sw], s=(fh, fw))  # (B, D, fh, fw//2+1)
-                prod = torch.einsum("bdhw,odhw->bohw", ef, self._kfft(fh, fw))  # (B, O, fh, fw//2+1)
+                kf = self._kfft(fh, fw)  # (O, D, fh, fw//2+1)
+                # sum over D of ef * kf, one channel at a time: ~2.5x faster than einsum on CPU (cache-sized ops)
+                prod = ef[:, 0:1] * kf[None, :, 0]  # (B, O, fh, fw//2+1)
+                for d in range(1, ef.shape[1]):
+                    prod += ef[:, d:d + 1] * kf[None, :, d]
                 r = torch.fft.irfft2(prod, s=(fh, fw))  # (B, O, fh, fw)
                 out[..., y0:y0 + th, x0:x0 + tw] = r[..., :th, :tw]
         return out
