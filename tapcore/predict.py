@@ -35,6 +35,13 @@ The map equals the head's output on feature windows of **whole-frame** features:
 frozen strategies A and B (which train on such windows); for end-to-end heads (strategy C, trained
 on image crops with ``feature_margin`` pixels of context) it is the whole-frame-context version.
 
+**Speed and memory.** Everything runs on the model's device; BatchNorms are folded into the
+convolutions of a private inference copy (channels-last). On a GPU, frames are normalised there
+(``torch.quantile``), ``batch`` frames (default 8) share each call, host synchronisations happen once
+per batch (peak list, summary, map copy), and ``amp="bf16"`` / ``"fp16"`` autocasts the backbone and
+encoder (the FFT stays float32). Memory is bounded by ``tile`` (backbone), ``head_tile`` (encoder,
+FFT) and ``batch``; only the per-frame responses ``(O, Y, X)`` of the previous frame are carried.
+
 **Event list** (peak finding): local maxima of ``P_t`` found by max-pool non-maximum suppression
 with a ``(2 * min_distance + 1)`` square window (two events are more than ``min_distance`` pixels
 apart in y or x), with ``P_t >= threshold``; ties on a plateau keep one pixel.
