@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "models" / "demo"), help="output folder (default: models/demo)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1; more only on an idle machine)")
+    parser.add_argument("--strategy", default=HEAD["strategy"], choices=["A0", "A1"],
+                        help="head on the frozen TAP features: A1 (ResNet, default) or A0 (linear; ~100x cheaper on a CPU)")
+    parser.add_argument("--tap", default=None, metavar="DIR",
+                        help="reuse this TAP bundle (made by step 1 of an earlier run) instead of pretraining again")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -67,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     demo = make_synthetic(SynthConfig())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        pcfg = config_from_dict(PretrainConfig, {**PRETRAIN, "device": "cpu", "model": SMALL_TAP})
-        pretrain(demo.movie, pcfg, tmp / "tap", progress=report)
-        hcfg = config_from_dict(HeadConfig, {**HEAD, "device": "cpu"})
+        if args.tap:
+            shutil.copytree(args.tap, tmp / "tap")
+        else:
+            pcfg = config_from_dict(PretrainConfig, {**PRETRAIN, "device": "cpu", "model": SMALL_TAP})
+            pretrain(demo.movie, pcfg, tmp / "tap", progress=report)
+        hcfg = config_from_dict(HeadConfig, {**HEAD, "strategy": args.strategy, "device": "cpu"})
         result = train_head(demo.movie, demo.masks, tmp / "tap", hcfg, tmp / "head", progress=report)
         calib = calibrate_bundle(tmp / "head")
         shutil.rmtree(tmp / "tap" / "checkpoint", ignore_errors=True)
@@ -82,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"files over 2 MiB in {out}: {too_big}; make SMALL_TAP smaller")
     summary = {
         "out": str(out),
+        "strategy": args.strategy,
         "seconds": round(time.time() - t0, 1),
         "test_precision": [round(float(x), 3) for x in result.precision],
         "test_recall": [round(float(x), 3) for x in result.recall],
