@@ -35,11 +35,10 @@ def home(tmp_path, monkeypatch) -> Path:
     return path
 
 
-def _app(page: str | None = None) -> AppTest:
+def _app(page: str) -> AppTest:
+    """The app opened straight on ``page`` (its url_path is its file name, so this works before a run)."""
     at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    if page:
-        at.switch_page(page).run()
+    at.switch_page(page).run()
     assert not at.exception, [e.message for e in at.exception]
     return at
 
@@ -57,9 +56,7 @@ def _tiff(array: np.ndarray) -> bytes:
 
 
 def test_data_page_demo_preview_and_mask_overlay(home):
-    at = _app("pages/data.py")  # the app opens on Predict, which loads the demo for a new user
-    Workspace(home).delete_dataset("demo")
-    at.run()
+    at = _app("pages/data.py")
     assert "No datasets yet" in _texts(at)
     at.button(key="load_demo").click().run()
     assert not at.exception
@@ -83,7 +80,7 @@ def test_data_page_bad_upload_shows_clear_message_and_saves_nothing(home):
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and errors[0].startswith("This file cannot be used: broken.tif:")
     assert "Nothing was saved" in errors[0] and "Traceback" not in errors[0]
-    assert sorted(p.name for p in (home / "datasets").iterdir()) == ["demo"]  # only the demo from the landing page
+    assert list((home / "datasets").iterdir()) == []
 
 
 def test_data_page_good_upload_and_mismatched_masks(home):
@@ -94,11 +91,11 @@ def test_data_page_good_upload_and_mismatched_masks(home):
     at.file_uploader(key="upload_masks").set_value(("masks.tif", _tiff(np.zeros((5, 10, 10), np.uint8)), "image/tiff"))
     at.button(key="FormSubmitter:upload_form-Check and save").click().run()
     assert [e.value for e in at.error][0].startswith("This file cannot be used: masks.tif:")
-    assert [d.id for d in Workspace(home).list_datasets()] == ["demo"]
+    assert Workspace(home).list_datasets() == []
     at.file_uploader(key="upload_masks").set_value(None)
     at.button(key="FormSubmitter:upload_form-Check and save").click().run()
     assert any("Saved: cells (5 frames, 40x48 px, no masks)" in s.value for s in at.success)
-    (info,) = [d for d in Workspace(home).list_datasets() if d.id != "demo"]
+    (info,) = Workspace(home).list_datasets()
     np.testing.assert_array_equal(Workspace(home).load_movie(info.id), movie)
 
 
@@ -255,7 +252,6 @@ def test_explain_page_gradcam_gallery(trained_home, monkeypatch):
     monkeypatch.setattr("tapcore.jobs.worker.ensure_worker", lambda *a, **k: None)
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params["exp_model"] = "saved:head"
-    at.run()
     at.switch_page("pages/explain.py").run()
     assert not at.exception, [e.message for e in at.exception]
     at.slider(key="exp_k").set_value(3)
@@ -268,3 +264,19 @@ def test_explain_page_gradcam_gallery(trained_home, monkeypatch):
     assert [s.value for s in at.subheader] == ["Top regions", "Gallery: each region at frame t (left) and t+1 (right)"]
     at.selectbox(key="exp_model").set_value("saved:tinytap").run()  # TAP features are explained too
     assert not at.exception and not at.error and len(at.dataframe[0].value) == 3
+
+
+def test_app_opens_on_predictions_of_the_shipped_demo_model(home):
+    if not (ROOT / "models" / "demo" / "config.json").is_file():
+        pytest.skip("models/demo is missing (make it with scripts/make_demo_model.py)")
+    _small_demo(home)
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()  # a new user opens the app
+    assert not at.exception, [e.message for e in at.exception]
+    assert [t.value for t in at.title] == ["Predict"]
+    assert at.selectbox(key="pred_model").value == "shipped:demo"
+    assert "You are looking at the demo" in _texts(at)
+    at.slider(key="pred_threshold").set_value(0.05).run()
+    events = at.dataframe[0].value
+    assert len(events) > 0 and set(events["class"]) <= {"division", "death"}
+    assert events["model_id"].str.startswith("event_head-").all()

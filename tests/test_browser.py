@@ -212,7 +212,7 @@ def _workflow(page, url: str, home: Path) -> None:
 
     _goto(page, url, f"jobs?job={head_job}")
     _wait_text(page, "One job")
-    _wait_text(page, "Finished")
+    _wait_text(page, "Finished ·")  # the progress bar of the selected job
     _shot(page, "7-jobs")
     from tapcore.jobs.queue import JobQueue
 
