@@ -426,7 +426,9 @@ def find_peaks(prob: torch.Tensor | np.ndarray, threshold: float = 0.5, min_dist
     d = int(min_distance)
     p = p.float()
     if d > 0:
-        pooled = F.max_pool2d(p[:, None], kernel_size=2 * d + 1, stride=1, padding=d)[:, 0]
+        # a square max filter is separable: rows then columns (2k instead of k^2 comparisons per pixel)
+        pooled = F.max_pool2d(p[:, None], kernel_size=(1, 2 * d + 1), stride=1, padding=(0, d))
+        pooled = F.max_pool2d(pooled, kernel_size=(2 * d + 1, 1), stride=1, padding=(d, 0))[:, 0]
         cand = (p >= pooled) & (p >= threshold)
     else:
         cand = p >= threshold
