@@ -69,6 +69,10 @@ except ValueError as exc:
     st.error(f"Cannot explain this: {exc}")
     st.stop()
 
+if len(table) and float(table["score"].max()) <= 1e-6:
+    st.warning("The model finds no evidence at all in this frame pair (every score is 0), so the regions "
+               "below are arbitrary. Try another frame pair, or a better-trained model.")
+
 left, right = st.columns([3, 2])
 with left:
     st.image(picture, caption=f"Frame {t} with the Grad-CAM map (blue = ignored, red = most important) and "
