@@ -119,26 +119,23 @@ def test_unknown_dataset_fails_with_message_and_log(tmp_path):
     assert json.loads((q.run_dir(job_id) / "state.json").read_text())["error"] == job.error
 
 
-def test_cli_submit_and_jobs(tmp_path):
+def test_cli_submit_and_jobs(tmp_path, monkeypatch, capsys):
+    from tapcore.cli import main
+
+    monkeypatch.setenv("TAPCORE_HOME", str(tmp_path / "ws"))
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"kind": "pretrain", "params": {"dataset": "nope"}}))
-    env = {**os.environ, "TAPCORE_HOME": str(tmp_path / "ws")}
-    out = subprocess.run([sys.executable, "-m", "tapcore.cli", "submit", str(spec), "--owner", "bo"],
-                         capture_output=True, text=True, env=env, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    job_id = out.stdout.strip()
-    listed = subprocess.run([sys.executable, "-m", "tapcore.cli", "jobs", "--json"],
-                            capture_output=True, text=True, env=env, cwd=ROOT)
-    rows = json.loads(listed.stdout)
+    assert main(["submit", str(spec), "--owner", "bo"]) == 0
+    job_id = capsys.readouterr().out.strip()
+    assert main(["jobs", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
     assert [(r["job"], r["owner"], r["state"]) for r in rows] == [(job_id, "bo", "queued")]
-    cancel = subprocess.run([sys.executable, "-m", "tapcore.cli", "jobs", "--cancel", job_id],
-                            capture_output=True, text=True, env=env, cwd=ROOT)
-    assert cancel.stdout.strip() == f"{job_id}: cancelled"
+    assert main(["jobs", "--cancel", job_id]) == 0
+    assert capsys.readouterr().out.strip() == f"{job_id}: cancelled"
     bad = tmp_path / "bad.json"
     bad.write_text('{"kind": "fly"}')
-    out = subprocess.run([sys.executable, "-m", "tapcore.cli", "submit", str(bad)],
-                         capture_output=True, text=True, env=env, cwd=ROOT)
-    assert out.returncode == 2 and "unknown job kind 'fly'" in out.stderr
+    assert main(["submit", str(bad)]) == 2
+    assert "unknown job kind 'fly'" in capsys.readouterr().err
 
 
 # -- real jobs (tiny pretraining runs in their own processes) -------------------------------------
