@@ -53,6 +53,10 @@ ECE_MODES = ("top", "positive")
 DEFAULT_BINS = 15
 #: Research code: temperature scaling starts at T = 1.5.
 INITIAL_TEMPERATURE = 1.5
+#: Upper bound of the fitted temperature (ours). An unbounded fit on a head whose scores carry no
+#: information sends T to ~1e10 and turns every probability map into a constant; the bound keeps the
+#: ranking of scores and the fit warns instead.
+MAX_TEMPERATURE = 100.0
 
 
 @dataclass(frozen=True)
@@ -169,14 +173,20 @@ def fit_temperature(logits: Any, labels: Any, bias: bool = False, max_iter: int 
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=int(max_iter), line_search_fn="strong_wolfe",
                             tolerance_grad=1e-10, tolerance_change=1e-12)
 
+    log_max = math.log(MAX_TEMPERATURE)
+
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(x * torch.exp(-log_t) + b * mask, y)
+        loss = F.cross_entropy(x * torch.exp(-log_t.clamp(max=log_max)) + b * mask, y)
         loss.backward()
         return loss
 
     opt.step(closure)
-    t_fit, b_fit = float(torch.exp(log_t).item()), float(b.item()) if bias else 0.0
+    t_fit, b_fit = float(torch.exp(log_t.clamp(max=log_max)).item()), float(b.item()) if bias else 0.0
+    if t_fit >= MAX_TEMPERATURE * (1 - 1e-9):
+        logger.warning("temperature reached its upper bound %.0f: the model's scores carry almost no information "
+                       "on the validation split, so calibrated probabilities are nearly flat; train the head "
+                       "longer or on more events, or fit with bias=True for rare events", MAX_TEMPERATURE)
     before = float(F.cross_entropy(x, y))
     if not (math.isfinite(t_fit) and math.isfinite(b_fit) and t_fit > 0):
         logger.warning("temperature fit diverged (T=%s, b=%s); keeping T = 1", t_fit, b_fit)

@@ -182,3 +182,19 @@ def test_calibrate_bundle_writes_validated_file_applied_by_prediction(tmp_path):
     (path / "calibration.json").write_text('{"temperature": -2}')
     with pytest.raises(ValueError, match="temperature"):
         load_bundle(path)
+
+
+def test_temperature_stays_bounded_on_uninformative_scores(caplog):
+    """Scores unrelated to the labels would send an unbounded T to ~1e10 (a flat map); it stops at the bound."""
+    from tapcore.calibration import MAX_TEMPERATURE, fit_temperature
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(scale=50.0, size=(400, 2))
+    labels = rng.integers(0, 2, size=400)
+    with caplog.at_level("WARNING", logger="tapcore.calibration"):
+        cal = fit_temperature(logits, labels)
+    assert cal.temperature == pytest.approx(MAX_TEMPERATURE)
+    assert "upper bound" in caplog.text
+    # the ranking of scores survives calibration
+    calibrated = cal.apply_numpy(logits)
+    assert np.array_equal(np.argsort(logits[:, 1] - logits[:, 0]), np.argsort(calibrated[:, 1] - calibrated[:, 0]))
