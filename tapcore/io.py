@@ -24,12 +24,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tapcore.utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -469,21 +470,11 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray, *, axes: str | None =
         array = array.astype(np.uint8)
     if axes is None:
         axes = {2: "YX", 3: "TYX", 4: "TCYX"}.get(array.ndim)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        kwargs: dict[str, Any] = {"metadata": {"axes": axes} if axes else {}}
-        if compress:
-            kwargs["compression"] = "zlib"
+    kwargs: dict[str, Any] = {"metadata": {"axes": axes} if axes else {}}
+    if compress:
+        kwargs["compression"] = "zlib"
+    with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, array, photometric="minisblack", **kwargs)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
