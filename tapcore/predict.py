@@ -449,15 +449,21 @@ def find_peaks(prob: torch.Tensor | np.ndarray, threshold: float = 0.5, min_dist
 
 
 def _suppress_ties(pts: np.ndarray, d: int) -> np.ndarray:
-    """Greedy: keep a candidate unless a kept one lies within ``d`` pixels (Chebyshev). ``pts`` sorted by value."""
-    keep: list[int] = []
+    """Greedy: keep a candidate unless a kept one lies within ``d`` pixels (Chebyshev). ``pts`` sorted by value.
+
+    Kept peaks block the square of radius ``d`` around them in a boolean grid, so each candidate is one
+    lookup: a flat map with every pixel a candidate stays linear in the number of pixels.
+    """
     yx = pts[:, 1:]
-    for i in range(len(pts)):
-        if keep:
-            kept = yx[keep]
-            if np.any(np.max(np.abs(kept - yx[i]), axis=1) <= d):
-                continue
+    lo = yx.min(axis=0)
+    shape = yx.max(axis=0) - lo + 1
+    blocked = np.zeros(tuple(shape), dtype=bool)
+    keep: list[int] = []
+    for i, (y, x) in enumerate((yx - lo).tolist()):
+        if blocked[y, x]:
+            continue
         keep.append(i)
+        blocked[max(y - d, 0):y + d + 1, max(x - d, 0):x + d + 1] = True
     return pts[keep]
 
 

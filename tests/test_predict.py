@@ -247,3 +247,14 @@ def test_device_normalisation_matches_io():
     movie[2] = 7  # a constant frame
     got = normalize_frames_torch(torch.from_numpy(movie))  # uint16, as the GPU path copies it
     np.testing.assert_allclose(got.numpy(), normalize_movie(movie), atol=1e-5)
+
+
+def test_peaks_on_a_flat_map_are_a_grid():
+    """A constant map makes every pixel a candidate; ties keep the first pixel in raster order, d apart."""
+    from tapcore.predict import find_peaks
+
+    flat = np.full((1, 300, 400), 0.7, np.float32)
+    peaks = find_peaks(flat, threshold=0.5, min_distance=24)
+    ys, xs = np.unique(peaks[:, 1]), np.unique(peaks[:, 2])
+    assert ys.tolist() == list(range(0, 300, 25)) and xs.tolist() == list(range(0, 400, 25))
+    assert len(peaks) == len(ys) * len(xs)
