@@ -39,3 +39,20 @@ def psc01() -> Path:
 def _isolated_workspace(tmp_path, monkeypatch):
     """Every test gets its own TAPCORE_HOME under tmp_path: nothing is written to the project."""
     monkeypatch.setenv("TAPCORE_HOME", str(tmp_path / "workspace"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread: tiny tensors on a shared 2-core machine run faster than with two."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def one_thread_per_job(monkeypatch):
+    """Job subprocesses use one CPU thread: tests stay fast on a busy shared machine."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -19,10 +19,8 @@ from tapcore.workspace import Workspace  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_per_job(monkeypatch):
-    """Job processes use one CPU thread: tests stay fast on a busy shared machine."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_thread_per_job")
+
 APP = str(ROOT / "app.py")
 
 

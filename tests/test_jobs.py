@@ -23,10 +23,7 @@ from tapcore.workspace import Workspace
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_per_job(monkeypatch):
-    """Job processes use one CPU thread: tests stay fast on a busy shared machine."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_thread_per_job")
 
 
 def _dataset(home: Path, frames: int = 6, size: int = 32) -> str:

@@ -14,13 +14,7 @@ from tapcore.tap.data import (AugmentConfig, AugmentParams, PairSampler, augment
 JOINT_ONLY = AugmentConfig(translate=0.0, intensity_scale_frame=(1.0, 1.0), intensity_shift_frame=0.0, noise=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny tensors on a shared 2-core machine run faster than with two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _gen(seed: int = 0) -> torch.Generator:

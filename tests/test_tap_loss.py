@@ -12,13 +12,7 @@ import torch.nn.functional as F
 from tapcore.tap.loss import decorrelation_loss, tap_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny tensors on a shared 2-core machine run faster than with two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _reference(z: np.ndarray, tau: float) -> float:

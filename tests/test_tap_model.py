@@ -10,13 +10,7 @@ from tapcore.tap.model import TapConfig, TapModel, TimeEquivariantHead
 SMALL = TapConfig(base_channels=4, depth=2, features=8, head_channels=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny convolutions on a shared 2-core machine run faster than with two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_default_architecture_matches_the_paper():

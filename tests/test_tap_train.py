@@ -29,13 +29,7 @@ def _tiny_cfg(**kw) -> PretrainConfig:
     return PretrainConfig(**base)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny convolutions on a shared 2-core machine run much faster than with two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
