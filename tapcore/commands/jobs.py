@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from tapcore.utils import read_json
+
 
 def _queue():
     from tapcore.jobs.queue import JobQueue
@@ -28,10 +30,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     path = Path(args.spec)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; give a job spec JSON file")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc})") from None
+    spec = read_json(path)
     queue = _queue()
     job_id = queue.submit(spec, owner=args.owner or "")
     print(job_id)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from tapcore.utils import read_json
 
 
 def _read(path: str, channel, plane):
@@ -23,10 +24,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         path = Path(args.config)
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; --config takes a JSON file of PretrainConfig options")
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc})") from None
+        cfg = read_json(path)
         if not isinstance(cfg, dict):
             raise ValueError(f"{path} must hold a JSON object of PretrainConfig options")
     for name in ("epochs", "batch_size", "samples_per_epoch", "patch", "lr", "seed", "device", "val_fraction",
