@@ -187,7 +187,11 @@ def inference_copy(module: nn.Module, channels_last: bool = True) -> nn.Module:
     m = copy.deepcopy(module).eval()
     for p in m.parameters():
         p.requires_grad_(False)
-    m = _fuse_tree(m).eval()
+    with torch.no_grad():  # traced in inference mode: modules with an in-place no-grad path keep it
+        m = _fuse_tree(m).eval()
+    for sub in m.modules():  # activations in place: inference never needs their inputs again
+        if isinstance(sub, (nn.ReLU, nn.LeakyReLU)):
+            sub.inplace = True
     if channels_last:
         m = m.to(memory_format=torch.channels_last)
     return m
@@ -304,7 +308,15 @@ class DensePredictor:
         m = self.margin
         d = int(self.zero_code.shape[0])
         ext = torch.empty(b, d, height + self.crop - 1, width + self.crop - 1, device=z.device)
-        ext[:] = self.zero_code.view(1, d, 1, 1)
+        # rows/columns beyond the frame + margin see only zero features: the constant zero code there
+        # (the encoded band [lo - m, lo + Y + m) x [lo - m, lo + X + m) is written tile by tile below)
+        a0, a1 = max(0, self.lo - m), self.lo + height + m
+        b0, b1 = max(0, self.lo - m), self.lo + width + m
+        code = self.zero_code.view(1, d, 1, 1)
+        ext[..., :a0, :] = code
+        ext[..., a1:, :] = code
+        ext[..., a0:a1, :b0] = code
+        ext[..., a0:a1, b1:] = code
         # the encoding is computed on the frame + m pixels (it sees zeros beyond the frame)
         zp = F.pad(z, (2 * m, 2 * m, 2 * m, 2 * m))  # (B, C, Y + 4m, X + 4m)
         inner_h, inner_w = height + 2 * m, width + 2 * m  # frame rows [-m, Y + m)

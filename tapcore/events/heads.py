@@ -47,9 +47,16 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, D, H, W) -> (N, D, H, W)
-        out = self.relu(self.bn1(self.conv1(x)))
+        if torch.is_grad_enabled():
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return self.relu(out + x)
+        # inference (dense whole-frame prediction): the same values, computed in place on the fresh
+        # intermediate tensors, which saves two full-frame allocations and passes over memory
+        out = torch.relu_(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + x)
+        out = out.add_(x)
+        return torch.relu_(out)
 
 
 def resnet_encoder(in_channels: int, width: int = 64) -> nn.Sequential:
