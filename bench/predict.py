@@ -33,7 +33,9 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-import torch
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as importing tapcore does (tapcore/__init__.py)
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -131,6 +131,8 @@ def environment_info(device: str | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu_threads": torch.get_num_threads(),
+        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # huge-page CPU allocations (tapcore/__init__.py)
     }
     if device is not None:
         info["device"] = str(device)

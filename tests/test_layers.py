@@ -23,3 +23,16 @@ def test_tapcore_never_imports_streamlit_or_plotly():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"tapcore imported UI modules: {out.stdout}"
     assert len(modules) >= 1
+
+
+def test_importing_tapcore_turns_on_huge_page_allocation_unless_the_user_chose():
+    """tapcore/__init__.py sets THP_MEM_ALLOC_ENABLE=1 (read by torch once) but keeps a user's own value."""
+    import os
+
+    code = "import os, tapcore; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "THP_MEM_ALLOC_ENABLE": "0"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
