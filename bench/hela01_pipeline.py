@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="uniform random subsample of the head's test crops; 0 = all")
     p.add_argument("--head-fractions", default="0.6,0.2,0.2", help="head time split train,val,test inside --head-frames")
     # calibration / prediction / evaluation
-    p.add_argument("--bias", action="store_true", help="also fit the event bias in calibration")
+    p.add_argument("--bias", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+                   help="event bias in calibration: auto (default; on for a balanced-trained head and an "
+                        "unbalanced validation set), on, off")
     p.add_argument("--predict-uncalibrated", action="store_true",
                    help="predict with the head's raw probabilities (calibration.json is still fitted and reported)")
     p.add_argument("--min-distance", type=int, default=24, help="peak finding: px between reported events")
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         tag: {mode: float(C.ece(pr, test_labels, 15, mode)) for mode in ("top", "positive")}
         for tag, pr in (("before", p_before), ("after", p_after))}
     # the other variant (temperature + event bias, or temperature only), fitted on the same crops, not written
-    alt = calibrate_bundle(head_dir, bias=not args.bias, device=device, write=False)
+    alt = calibrate_bundle(head_dir, bias="off" if cres.report["bias_fitted"] else "on", device=device, write=False)
     p_alt = C.softmax_np(alt.calibration.apply_numpy(test_logits))
     alt_summary = {"method": alt.report["method"], **alt.calibration.to_dict(),
                    "val_nll_after": alt.report["nll_after"], "val_ece_after": alt.report["ece_after"],
@@ -320,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
            "test_crops_nll_before": C.nll(test_logits, test_labels),
            "test_crops_nll_after": C.nll(test_logits, test_labels, cres.calibration),
            "test_crops_ece_before": test_ece["before"], "test_crops_ece_after": test_ece["after"],
-           "seconds": timings["calibrate_s"], "not_applied_variant": alt_summary})
+           "bias_reason": c.get("bias_reason"), "seconds": timings["calibrate_s"], "not_applied_variant": alt_summary})
 
     # -- 4. prediction -------------------------------------------------------------------------
     t0 = time.time()

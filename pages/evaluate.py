@@ -96,7 +96,10 @@ else:
         "A reliable model's points lie on the diagonal: of all windows given 80 % probability, about "
         "80 % are right. ECE (expected calibration error) is the average gap; lower is better. "
         f"Fitted on {calib.get('n_samples', '?')} validation windows; temperature "
-        f"T = {calib.get('temperature', float('nan')):.2f}."
+        f"T = {calib.get('temperature', float('nan')):.2f}"
+        + (f", event bias b = {calib['bias']:.2f} (corrects the balanced training set's 50 % event prior "
+           "to this movie's event frequency)." if calib.get("bias_fitted") and isinstance(calib.get("bias"), (int, float))
+           else ".")
     )
     cols = st.columns(2)
     for col, tag, title in ((cols[0], "before", "Before calibration"), (cols[1], "after", "After calibration")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -198,3 +199,62 @@ def test_temperature_stays_bounded_on_uninformative_scores(caplog):
     # the ranking of scores survives calibration
     calibrated = cal.apply_numpy(logits)
     assert np.array_equal(np.argsort(logits[:, 1] - logits[:, 0]), np.argsort(calibrated[:, 1] - calibrated[:, 0]))
+
+
+def _head_bundle(path, balance_train: bool | None):
+    """A tiny linear event-head bundle whose config records (or not) a class-balanced training set."""
+    from tapcore.bundle import save_bundle
+    from tapcore.config import config_to_dict
+    from tapcore.events.heads import build_head
+    from tapcore.events.model import EventModel
+    from tapcore.tap.model import TapConfig, TapModel
+
+    tiny = TapConfig(base_channels=4, depth=2, features=8)
+    torch.manual_seed(0)
+    model = EventModel(TapModel(tiny).backbone, build_head("linear", in_channels=8, n_classes=2, crop=16))
+    config = {"tap_config": config_to_dict(tiny), "head": "linear", "crop": 16, "in_channels": 8, "n_classes": 2,
+              "class_names": ["none", "event"], "normalize": {"pmin": 1.0, "pmax": 99.8}}
+    if balance_train is not None:
+        config["head_config"] = {"dataset": {"balance_train": balance_train}}
+    return save_bundle(path, kind="event_head", config=config, state_dict=model.state_dict(), metrics={},
+                       manifest={"movie_sha256": "abc"})
+
+
+def test_auto_bias_corrects_the_class_prior_of_a_balanced_trained_head(tmp_path):
+    """A head trained on balanced classes but validated on rare events (true logit s - 4, reported 3 s):
+    "auto" fits T ~ 3 and b ~ -4; temperature alone cannot move the prior and stays badly calibrated."""
+    logits, labels = _overconfident(n=6000, scale=3.0, offset=-4.0, seed=1)
+    assert 0.02 < labels.mean() < 0.2  # rare events
+    path = _head_bundle(tmp_path / "head", balance_train=True)
+    np.save(path / "val_logits.npy", logits.astype(np.float32))
+    np.save(path / "val_labels.npy", labels)
+    auto = C.calibrate_bundle(path)
+    assert auto.report["bias_fitted"] is True and auto.report["method"] == "temperature+bias"
+    assert "balanced" in auto.report["bias_reason"]
+    assert auto.calibration.temperature == pytest.approx(3.0, rel=0.15)
+    assert auto.calibration.bias == pytest.approx(-4.0, abs=0.4)
+    off = C.calibrate_bundle(path, bias="off", write=False)
+    assert off.report["bias_fitted"] is False and off.calibration.bias == 0.0
+    assert auto.report["ece_after"]["positive"] < 0.02 < off.report["ece_after"]["positive"]
+    assert auto.report["nll_after"] < off.report["nll_after"]
+    # the written file is the auto fit, and prediction applies its bias
+    assert C.calibration_from_dict(json.loads((path / "calibration.json").read_text())).bias == pytest.approx(
+        auto.calibration.bias)
+
+
+def test_auto_bias_stays_off_without_a_prior_shift(tmp_path):
+    logits, labels = _overconfident(n=2000, scale=4.0)  # about half events
+    path = _head_bundle(tmp_path / "balanced", balance_train=True)
+    np.save(path / "val_logits.npy", logits.astype(np.float32))
+    np.save(path / "val_labels.npy", labels)
+    res = C.calibrate_bundle(path, write=False)
+    assert res.report["bias_fitted"] is False and "close to balanced" in res.report["bias_reason"]
+    # a head whose config does not say it was trained on balanced classes gets no automatic bias
+    rare_logits, rare_labels = _overconfident(n=2000, scale=3.0, offset=-4.0)
+    path = _head_bundle(tmp_path / "unknown", balance_train=None)
+    np.save(path / "val_logits.npy", rare_logits.astype(np.float32))
+    np.save(path / "val_labels.npy", rare_labels)
+    assert C.calibrate_bundle(path, write=False).report["bias_fitted"] is False
+    assert C.calibrate_bundle(path, bias="on", write=False).report["bias_fitted"] is True
+    with pytest.raises(ValueError, match="'auto', 'on' or 'off'"):
+        C.calibrate_bundle(path, bias="maybe", write=False)

@@ -41,6 +41,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(json.dumps({"temperature": r["temperature"], "bias": r["bias"], "n_samples": r["n_samples"],
                       "nll_before": r["nll_before"], "nll_after": r["nll_after"],
                       "ece_before": r["ece_before"], "ece_after": r["ece_after"], "source": r["source"],
+                      "bias_reason": r.get("bias_reason"),
                       "written": str(res.path / "calibration.json")}, indent=2))
     return 0
 
@@ -91,7 +92,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="event head bundle folder (tapcore train-head)")
     p.add_argument("--movie", default=None, help="optional movie (TIFF, frame folder or CTC folder) to calibrate on")
     p.add_argument("--masks", default=None, help="event masks for --movie (not needed for CTC folders)")
-    p.add_argument("--bias", action="store_true", help="also fit a bias on the event logit (rare events)")
+    p.add_argument("--bias", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+                   help="also fit a bias on the event logits (rare events): auto (default: when the head was "
+                        "trained on balanced classes and the validation set is not balanced), on (--bias alone) "
+                        "or off")
     p.add_argument("--bins", type=int, default=DEFAULT_BINS, help="ECE bins (paper %(default)s)")
     p.add_argument("--max-iter", type=int, default=100, help="LBFGS iterations (default %(default)s)")
     p.add_argument("--device", default="auto", help="device for recomputing logits (default cpu)")
