@@ -147,20 +147,11 @@ def test_bad_inputs_raise_value_error():
 
 def test_calibrate_bundle_writes_validated_file_applied_by_prediction(tmp_path):
     """calibrate_bundle fits on the bundle's saved validation logits; load + predict apply it."""
-    from tapcore.bundle import load_bundle, save_bundle
-    from tapcore.config import config_to_dict
-    from tapcore.events.heads import build_head
-    from tapcore.events.model import EventModel, load_event_model
+    from tapcore.bundle import load_bundle
+    from tapcore.events.model import load_event_model
     from tapcore.predict import PredictConfig, predict_movie
-    from tapcore.tap.model import TapConfig, TapModel
 
-    tiny = TapConfig(base_channels=4, depth=2, features=8)
-    torch.manual_seed(0)
-    model = EventModel(TapModel(tiny).backbone, build_head("linear", in_channels=8, n_classes=2, crop=16))
-    config = {"tap_config": config_to_dict(tiny), "head": "linear", "crop": 16, "in_channels": 8, "n_classes": 2,
-              "class_names": ["none", "event"], "normalize": {"pmin": 1.0, "pmax": 99.8}}
-    path = save_bundle(tmp_path / "head", kind="event_head", config=config, state_dict=model.state_dict(),
-                       metrics={}, manifest={"movie_sha256": "abc"})
+    path = _head_bundle(tmp_path / "head", balance_train=None)
     logits, labels = _overconfident(n=2000, scale=4.0)
     np.save(path / "val_logits.npy", logits.astype(np.float32))
     np.save(path / "val_labels.npy", labels)
