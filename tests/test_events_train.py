@@ -152,3 +152,19 @@ def test_compare_writes_mean_std_tables(tmp_path, tap_bundle, data):
     assert row["rec 1"] == f"{a0['rec_1'].mean():.2f}±{a0['rec_1'].std(ddof=0):.2f}"
     md = (tmp_path / "cmp" / "table.md").read_text()
     assert "| group |" in md and "split: random" in md and "2 runs" in md
+
+
+def test_a_single_run_shows_no_spread():
+    """With one repeat there is no std: the cell shows the value alone (never a made-up "±0.00")."""
+    import pandas as pd
+
+    from tapcore.events.compare import summarise, to_markdown
+
+    runs = pd.DataFrame([{"criterion": "size_either", "strategy": "A1", "head": "resnet", "repeat": 0,
+                          "train_pos": 10, "test_pos": 5, "prec_0": 0.9, "rec_0": 0.8, "prec_1": 0.4, "rec_1": float("nan")}])
+    table = summarise(runs, 2)
+    row = table.iloc[0]
+    assert row["prec 1"] == "0.40" and row["rec 0"] == "0.80" and row["rec 1"] == "nan"
+    assert np.isnan(row["prec_1_std"]) and row["prec_1_mean"] == pytest.approx(0.4)
+    md = to_markdown(table, {"repeats": 1, "runs_done": 1, "split": {"split": "time"}})
+    assert "±" not in md and "One run per row (no std)" in md

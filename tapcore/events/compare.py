@@ -177,8 +177,9 @@ def summarise(runs: pd.DataFrame, n_classes: int) -> pd.DataFrame:
                 v = g[f"{m}_{k}"].to_numpy(float)
                 v = v[np.isfinite(v)]  # precision is NaN (0/0) when a run predicts no sample of the class
                 mean = float(v.mean()) if len(v) else float("nan")
-                std = float(v.std()) if len(v) > 1 else 0.0
-                row[f"{m} {k}"] = f"{mean:.2f}±{std:.2f}"
+                # one run has no spread: its std is NaN and the cell shows the value alone, never "±0.00"
+                std = float(v.std()) if len(v) > 1 else float("nan")
+                row[f"{m} {k}"] = f"{mean:.2f}±{std:.2f}" if len(v) > 1 else f"{mean:.2f}"
                 row[f"{m}_{k}_mean"] = mean
                 row[f"{m}_{k}_std"] = std
         out.append(row)
@@ -194,7 +195,9 @@ def to_markdown(table: pd.DataFrame, info: dict[str, Any]) -> str:
     for _, row in table.iterrows():
         lines.append("| " + " | ".join(str(row[c]) for c in show) + " |")
     split = info.get("split", {})
-    lines += ["", f"Mean ± std over {info.get('repeats')} runs ({info.get('runs_done')} runs done in all); split: {split.get('split')} "
+    spread = (f"Mean ± std over {info.get('repeats')} runs" if int(info.get("repeats") or 1) > 1
+              else "One run per row (no std)")
+    lines += ["", f"{spread} ({info.get('runs_done')} runs done in all); split: {split.get('split')} "
                   f"{split.get('fractions')}; device: {info.get('device')}; "
                   f"total time {info.get('total_time_s', 0):.0f} s."]
     return "\n".join(lines) + "\n"
