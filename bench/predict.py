@@ -34,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as importing tapcore does (tapcore/__init__.py)
-import torch  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import tapcore  # noqa: E402,F401  (before torch: it sets torch's CPU allocation options)
+import torch  # noqa: E402
 
 from tapcore.events.heads import HEADS, build_head  # noqa: E402
 from tapcore.events.model import EventModel  # noqa: E402

@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as importing tapcore does (tapcore/__init__.py)
-import torch  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import tapcore  # noqa: E402,F401  (before torch: it sets torch's CPU allocation options)
+import torch  # noqa: E402
 
 from tapcore.tap.data import AugmentConfig, PairSampler  # noqa: E402
 from tapcore.tap.loss import tap_loss  # noqa: E402

@@ -398,6 +398,16 @@ def validation_logits(bundle_dir: str | os.PathLike, movie: np.ndarray, masks: n
 PRIOR_SHIFT_TOLERANCE = 0.1
 
 
+def bias_choice(bias: bool | str) -> str:
+    """``bias`` as one of "auto", "on", "off" (True -> "on", False -> "off"); anything else is refused."""
+    if not isinstance(bias, str):
+        return "on" if bias else "off"
+    choice = bias.strip().lower()
+    if choice not in ("auto", "on", "off"):
+        raise ValueError(f"bias must be 'auto', 'on' or 'off' (or True/False), got {bias!r}")
+    return choice
+
+
 def resolve_bias(bias: bool | str, bundle_config: dict[str, Any], labels: Any) -> tuple[bool, str]:
     """Whether to fit the event bias, and why (``bias``: True/False, "on"/"off" or "auto").
 
@@ -406,12 +416,7 @@ def resolve_bias(bias: bool | str, bundle_config: dict[str, Any], labels: Any) -
     labels is more than :data:`PRIOR_SHIFT_TOLERANCE` away from ``1 / K``: the head then believes in
     equal class priors that the movie does not have, which a temperature cannot correct.
     """
-    if isinstance(bias, str):
-        choice = bias.strip().lower()
-        if choice not in ("auto", "on", "off"):
-            raise ValueError(f"bias must be 'auto', 'on' or 'off' (or True/False), got {bias!r}")
-    else:
-        choice = "on" if bias else "off"
+    choice = bias_choice(bias)
     if choice != "auto":
         return choice == "on", f"bias {choice} (asked for)"
     labels = np.asarray(labels, dtype=np.int64)
@@ -491,7 +496,7 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, movie: Optional[np.ndarray] 
         "method": "temperature" + ("+bias" if fit_bias else ""),
         **calib.to_dict(),
         "bias_fitted": bool(fit_bias),
-        "bias_choice": str(bias).lower() if isinstance(bias, str) else ("on" if bias else "off"),
+        "bias_choice": bias_choice(bias),
         "bias_reason": bias_reason,
         "n_samples": int(len(labels)),
         "n_positive": int((np.asarray(labels) != 0).sum()),

@@ -28,6 +28,7 @@ import logging
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -44,19 +45,15 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.relu = nn.ReLU(inplace=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, D, H, W) -> (N, D, H, W)
-        if torch.is_grad_enabled():
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-            return self.relu(out + x)
-        # inference (dense whole-frame prediction): the same values, computed in place on the fresh
-        # intermediate tensors, which saves two full-frame allocations and passes over memory
-        out = torch.relu_(self.bn1(self.conv1(x)))
+        # without autograd (dense whole-frame prediction) the same values are computed in place on the
+        # fresh intermediate tensors, which saves two full-frame allocations and passes over memory
+        inplace = not torch.is_grad_enabled()
+        out = F.relu(self.bn1(self.conv1(x)), inplace=inplace)
         out = self.bn2(self.conv2(out))
-        out = out.add_(x)
-        return torch.relu_(out)
+        out = out.add_(x) if inplace else out + x
+        return F.relu(out, inplace=inplace)
 
 
 def resnet_encoder(in_channels: int, width: int = 64) -> nn.Sequential:
