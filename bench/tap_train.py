@@ -64,6 +64,73 @@ def load_movie(path: Path, frames: int) -> np.ndarray:
     return make_synthetic(SynthConfig(seed=0, frames=frames, height=512, width=512, cells=120, max_cells=300)).movie
 
 
+def data_rate(sampler: PairSampler, batch: int, steps: int, warmup: int, device: str) -> dict:
+    """Pairs/s of pair sampling + augmentation alone (after ``warmup`` untimed batches)."""
+    for _ in range(warmup):
+        sampler.sample(batch)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        sampler.sample(batch)
+    _sync(device)
+    dt = time.perf_counter() - t0
+    return {"what": "data", "precision": "fp32", "steps": steps, "seconds": dt, "pairs_per_s": steps * batch / dt}
+
+
+def step_rates(sampler: PairSampler, device: str, *, batch: int, steps: int, warmup: int, precision: str,
+               channels_last: bool, compile_backend: str | None = None, model_cfg: TapConfig | None = None,
+               whats: tuple[str, ...] = ("model_step", "end_to_end")) -> list[dict]:
+    """Pairs/s of one training configuration: ``model_step`` (forward + loss + backward + Adam step on
+    one fixed, pre-sampled batch) and ``end_to_end`` (the same with a fresh augmented batch per step).
+
+    ``precision`` "fp32" or "bf16" (CUDA autocast); Adam is fused on CUDA; ``compile_backend``
+    (e.g. "inductor") wraps ``forward_with_features`` in ``torch.compile``. ``warmup_s`` of each
+    record is the untimed warm-up (it holds the compilation for a compiled model).
+    """
+    torch.manual_seed(0)
+    cuda = device.startswith("cuda")
+    model = TapModel(model_cfg or TapConfig()).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    fwd = model.forward_with_features
+    if compile_backend:
+        fwd = torch.compile(model.forward_with_features, backend=compile_backend)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-6, **({"fused": True} if cuda else {}))
+    amp = precision == "bf16" and cuda
+
+    def step(x, y):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits, z = fwd(x)
+            loss = tap_loss(logits, y, z, 0.01, 0.2)
+        opt.zero_grad(set_to_none=True)
+        loss.total.backward()
+        opt.step()
+
+    fixed = sampler.sample(batch)
+    out = []
+    for what in whats:
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            step(*(fixed if what == "model_step" else sampler.sample(batch)))
+        _sync(device)
+        warmup_s = time.perf_counter() - t0
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(*(fixed if what == "model_step" else sampler.sample(batch)))
+        _sync(device)
+        dt = time.perf_counter() - t0
+        rec = {"what": what, "precision": precision, "channels_last": bool(channels_last),
+               "compiled": compile_backend or False, "fused_adam": cuda, "steps": steps, "seconds": dt,
+               "pairs_per_s": steps * batch / dt, "warmup_steps": warmup, "warmup_s": warmup_s}
+        if cuda:
+            rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        out.append(rec)
+    del model, fwd, opt
+    return out
+
+
 def throughput(movie: np.ndarray, args: argparse.Namespace, device: str) -> None:
     from tapcore.io import normalize_movie
 
@@ -73,59 +140,63 @@ def throughput(movie: np.ndarray, args: argparse.Namespace, device: str) -> None
     precisions = ["fp32", "bf16"] if device.startswith("cuda") else ["fp32"]
     base = {"bench": "throughput", "device": device, "device_name": environment_info(device).get("device_name"),
             "patch": args.patch, "batch": args.batch, "base_channels": args.base, "compile": bool(args.compile)}
-
-    # data only
-    for _ in range(args.warmup):
-        sampler.sample(args.batch)
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        sampler.sample(args.batch)
-    _sync(device)
-    dt = time.perf_counter() - t0
-    emit({**base, "what": "data", "precision": "fp32", "steps": args.steps, "seconds": dt,
-          "pairs_per_s": args.steps * args.batch / dt})
+    emit({**base, **data_rate(sampler, args.batch, args.steps, args.warmup, device)})
     if args.data_only:
         return
-
+    cuda = device.startswith("cuda")
     for precision in precisions:
-        torch.manual_seed(0)
-        model = TapModel(TapConfig(base_channels=args.base)).to(device)
-        if device.startswith("cuda"):
-            model = model.to(memory_format=torch.channels_last)
-        fwd = model.forward_with_features
-        if args.compile and device.startswith("cuda"):
-            fwd = torch.compile(model.forward_with_features)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-6,
-                               **({"fused": True} if device.startswith("cuda") else {}))
-        amp = precision == "bf16"
+        for rec in step_rates(sampler, device, batch=args.batch, steps=args.steps, warmup=args.warmup,
+                              precision=precision, channels_last=cuda,
+                              compile_backend="inductor" if args.compile and cuda else None,
+                              model_cfg=TapConfig(base_channels=args.base)):
+            emit({**base, **rec})
 
-        def step(x, y):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                logits, z = fwd(x)
-                loss = tap_loss(logits, y, z, 0.01, 0.2)
-            opt.zero_grad(set_to_none=True)
-            loss.total.backward()
-            opt.step()
 
-        fixed = sampler.sample(args.batch)
-        for what in ("model_step", "end_to_end"):
-            for _ in range(args.warmup):
-                step(*(fixed if what == "model_step" else sampler.sample(args.batch)))
-            _sync(device)
-            if device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step(*(fixed if what == "model_step" else sampler.sample(args.batch)))
-            _sync(device)
-            dt = time.perf_counter() - t0
-            rec = {**base, "what": what, "precision": precision, "steps": args.steps, "seconds": dt,
-                   "pairs_per_s": args.steps * args.batch / dt}
-            if device.startswith("cuda"):
-                rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            emit(rec)
-        del model, fwd, opt
+def summarise_accuracy(epochs: list[dict], targets: list[float], milestones: tuple[float, ...] = ()) -> dict:
+    """From per-epoch records (``train_s``, ``wall_s``, ``val_acc``, ``epoch``): the first epoch reaching each
+    target accuracy, and the validation accuracy at each training-time milestone (the last epoch that
+    ended at or before it; None before the first epoch ends)."""
+    reached = {}
+    for target in targets:
+        hit = next((e for e in epochs if e["val_acc"] >= target), None)
+        reached[str(target)] = None if hit is None else {"wall_s": hit["wall_s"], "train_s": hit["train_s"],
+                                                          "epoch": hit["epoch"]}
+    at = []
+    for m in milestones:
+        done = [e for e in epochs if e["train_s"] <= m]
+        last = done[-1] if done else None
+        at.append({"train_s_milestone": m, "val_acc": None if last is None else last["val_acc"],
+                   "epoch": None if last is None else last["epoch"],
+                   "epoch_train_s": None if last is None else last["train_s"],
+                   "reached": bool(epochs) and epochs[-1]["train_s"] >= m})
+    return {"time_to_target": reached, "val_acc_at": at,
+            "final_val_acc": epochs[-1]["val_acc"] if epochs else None,
+            "best_val_acc": max((e["val_acc"] for e in epochs), default=None),
+            "epochs": len(epochs), "train_s": epochs[-1]["train_s"] if epochs else 0.0}
+
+
+def accuracy_run(train: np.ndarray, val: np.ndarray, cfg: PretrainConfig, out_dir: Path, on_epoch=None,
+                 records: list | None = None) -> list[dict]:
+    """Pretrain on ``train``, validate on ``val`` after every epoch; returns one record per epoch
+    (``epoch``, ``pairs``, ``wall_s`` since the call, ``train_s``, ``val_acc``, ...), each also passed to
+    ``on_epoch`` as it happens. ``on_epoch`` may raise to stop the run: the records so far are then in
+    ``records`` (the list given, filled in place)."""
+    t_start = time.perf_counter()
+    epochs: list[dict] = records if records is not None else []
+
+    def on_record(rec: dict) -> None:
+        if rec.get("kind") != "epoch":
+            return
+        out = {"epoch": rec["epoch"], "pairs": rec["epoch"] * cfg.samples_per_epoch,
+               "wall_s": time.perf_counter() - t_start, "train_s": rec["train_time_s"], "val_acc": rec["val_acc"],
+               "val_loss": rec["val_loss"], "train_acc": rec["train_acc"], "pairs_per_s": rec["pairs_per_s"],
+               "lr": rec["lr"]}
+        epochs.append(out)
+        if on_epoch is not None:
+            on_epoch(out)
+
+    pretrain(train, cfg, out_dir, val_movie=val, progress=on_record)
+    return epochs
 
 
 def accuracy(movie: np.ndarray, args: argparse.Namespace, device: str) -> None:
@@ -136,29 +207,19 @@ def accuracy(movie: np.ndarray, args: argparse.Namespace, device: str) -> None:
                          samples_per_epoch=args.batch * args.epoch_steps, lr=args.lr, device=device,
                          val_samples=args.val_samples, compile=args.compile, max_time_s=args.budget,
                          log_every=10**9, model=TapConfig(base_channels=args.base))
-    t_start = time.perf_counter()
-    reached = {}
 
-    def on_record(rec: dict) -> None:
-        if rec.get("kind") != "epoch":
-            return
-        wall = time.perf_counter() - t_start
-        for target in args.target:
-            if rec["val_acc"] >= target and target not in reached:
-                reached[target] = {"wall_s": wall, "train_s": rec["train_time_s"], "epoch": rec["epoch"]}
-        emit({"bench": "accuracy", "device": device, "epoch": rec["epoch"], "pairs": rec["epoch"] * cfg.samples_per_epoch,
-              "wall_s": wall, "train_s": rec["train_time_s"], "val_acc": rec["val_acc"], "val_loss": rec["val_loss"],
-              "train_acc": rec["train_acc"], "pairs_per_s": rec["pairs_per_s"], "lr": rec["lr"]})
+    def on_epoch(rec: dict) -> None:
+        emit({"bench": "accuracy", "device": device, **rec})
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = pretrain(train, cfg, Path(tmp) / "tap", val_movie=val, progress=on_record)
+        epochs = accuracy_run(train, val, cfg, Path(tmp) / "tap", on_epoch)
+    summary = summarise_accuracy(epochs, args.target)
     emit({"bench": "accuracy_summary", "device": device,
           "device_name": environment_info(device).get("device_name"), "config": {
               "patch": cfg.patch, "batch": cfg.batch_size, "lr": cfg.lr, "base_channels": args.base,
               "pairs_per_epoch": cfg.samples_per_epoch, "budget_s": args.budget, "compile": cfg.compile},
-          "epochs": len(result.history), "final_val_acc": result.history[-1]["val_acc"],
-          "best_val_acc": result.metrics["best_val_acc"],
-          "time_to_target": {str(t): reached.get(t) for t in args.target}})
+          "epochs": summary["epochs"], "final_val_acc": summary["final_val_acc"],
+          "best_val_acc": summary["best_val_acc"], "time_to_target": summary["time_to_target"]})
 
 
 def main(argv: list[str] | None = None) -> int:
