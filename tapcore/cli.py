@@ -30,6 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resolve_shipped(args: argparse.Namespace) -> None:
+    """``--model`` / ``--tap`` given as ``shipped:<name>`` (e.g. ``shipped:hela-nuclei``) -> the bundle folder."""
+    from tapcore.workspace import shipped_model_path
+
+    for attr in ("model", "tap"):
+        value = getattr(args, attr, None)
+        if isinstance(value, str) and value.startswith("shipped:"):
+            setattr(args, attr, str(shipped_model_path(value.partition(":")[2])))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -38,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        _resolve_shipped(args)
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
         print(f"tapcore {args.command}: error: {exc}", file=sys.stderr)

@@ -14,7 +14,7 @@ chunks, never held whole in memory by this module.
 
 Models are referred to by a short string (:func:`Workspace.resolve_model`):
 ``shipped:<name>`` (the project's ``models/<name>/``, e.g. ``shipped:demo`` and its TAP features
-``shipped:demo/tap``), ``saved:<name>``
+``shipped:demo/tap``, or ``shipped:hela-nuclei``, trained on hela01 by ``bench/gpu_suite.py``), ``saved:<name>``
 (``$TAPCORE_HOME/models/<name>``), ``run:<job id>`` (the bundle a job wrote), or a folder path.
 """
 
@@ -42,6 +42,31 @@ PROJECT_MODELS = Path(os.environ.get("TAPCORE_MODELS") or Path(__file__).resolve
 DEMO_DATASET_ID = "demo"
 DEMO_MODEL = "shipped:demo"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+#: How each model shipped in the project's ``models/`` folder is made (quoted when it is missing).
+SHIPPED_HOWTO = {
+    "demo": "python scripts/make_demo_model.py",
+    "hela-nuclei": ("run the GPU suite (README, 'Benchmarks on a GPU': python scripts/pack_device_data.py, then "
+                    "bench/gpu_suite.py on a GPU machine), then install its two zips with "
+                    "python scripts/install_hela_nuclei.py hela_nuclei_head.zip hela_nuclei_tap.zip"),
+}
+
+
+def shipped_model_path(name: str) -> Path:
+    """The folder of shipped model ``name`` (``"demo"``, ``"hela-nuclei"``, ``"demo/tap"``, ...).
+
+    Raises:
+        ValueError: the name is invalid, or the folder holds no bundle (the message names the folder
+            and, for the project's known models, how to produce it).
+    """
+    parts = [_check_id(part, "model name") for part in str(name).split("/")]
+    path = PROJECT_MODELS.joinpath(*parts)
+    if not (path / "config.json").is_file():
+        howto = SHIPPED_HOWTO.get(parts[0])
+        hint = f"to produce it: {howto}" if howto else f"shipped models: {', '.join(sorted(SHIPPED_HOWTO))}"
+        raise ValueError(f"shipped model {name!r} is not installed: {path} holds no config.json; {hint}")
+    return path.resolve()
 
 
 def home() -> Path:
@@ -331,7 +356,7 @@ class Workspace:
         ref = ref.strip()
         origin, _, name = ref.partition(":")
         if origin == "shipped" and name:
-            path = PROJECT_MODELS.joinpath(*[_check_id(part, "model name") for part in name.split("/")])
+            return shipped_model_path(name)
         elif origin == "saved" and name:
             path = self.models_dir / _check_id(name, "model name")
         elif origin == "run" and name:
