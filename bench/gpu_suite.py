@@ -712,6 +712,8 @@ class Suite:
                 continue
             if strategy == "A1":
                 self._ship(done["A1"], tap_dir, emit)
+            if "timeout" in done[strategy]:
+                raise StageTimeout(done[strategy]["timeout"])
         a1, c1 = done.get("A1"), done.get("C1")
         if a1 and c1:
             emit({"what": "a1_vs_c1", "equal_labels": a1["labels_sha256"] == c1["labels_sha256"],
@@ -726,7 +728,6 @@ class Suite:
         from tapcore.calibration import calibrate_bundle
         from tapcore.events.features import FeatureConfig
         from tapcore.events.train import STRATEGIES, HeadConfig, train_head
-        from tapcore.predict import PredictConfig, predict_movie, write_prediction
         from tapcore.utils import sha256_array
 
         s = self.sizes
@@ -760,11 +761,39 @@ class Suite:
               "val_nll_before": rep["nll_before"], "val_nll_after": rep["nll_after"],
               "test_crops_ece_before": test_ece["before"], "test_crops_ece_after": test_ece["after"],
               "val_n": rep["n_samples"], "val_positives": rep["n_positive"]})
-        budget.check(f"real {strategy} prediction")
+        result = {"dir": head_dir, "crop": crop, "crop_f1_class1": crop["f1_class1"], "event_f1": None,
+                  "labels_sha256": sha256_array(np.concatenate([pairs.train.labels, pairs.test.labels])),
+                  "calibration": rep, "test_crops_ece": test_ece, "events": None, "per_threshold": []}
+        try:  # the head is trained and calibrated: keep it (and ship A1) whatever happens to its events
+            budget.check(f"real {strategy} prediction")
+            self._events(strategy, movie, head_dir, test_frames, result, emit)
+        except StageTimeout as exc:
+            result["timeout"] = str(exc)
+        except Exception as exc:
+            emit({"what": "events", "strategy": strategy, "error": f"{type(exc).__name__}: {exc}",
+                  "traceback": traceback.format_exc()[-3000:]})
+        result["seconds"] = time.perf_counter() - t0
+        return result
+
+    def _events(self, strategy, movie, head_dir, test_frames, result, emit) -> None:
+        """Predict the test frames with a calibrated head and match the events to the CTC divisions."""
+        from tapcore.predict import PredictConfig, predict_movie, write_prediction
+
+        s = self.sizes
         a, b = test_frames
-        pred = predict_movie(movie[a:b], head_dir, PredictConfig(
-            threshold=min(s.thresholds), min_distance=s.min_distance, device=self.device,
-            amp="bf16" if self.cuda else "none"))
+        amp = "bf16" if self.cuda else "none"
+        try:
+            pred = predict_movie(movie[a:b], head_dir, PredictConfig(
+                threshold=min(s.thresholds), min_distance=s.min_distance, device=self.device, amp=amp))
+        except Exception as exc:  # bf16 prediction has never run on a GPU before: fall back to float32
+            if amp == "none":
+                raise
+            emit({"what": "events", "strategy": strategy, "error": f"bf16 prediction failed, retrying in float32: "
+                                                                   f"{type(exc).__name__}: {exc}",
+                  "traceback": traceback.format_exc()[-3000:]})
+            amp = "none"
+            pred = predict_movie(movie[a:b], head_dir, PredictConfig(
+                threshold=min(s.thresholds), min_distance=s.min_distance, device=self.device, amp=amp))
         write_prediction(dataclasses.replace(pred, prob_maps=pred.prob_maps[:0]), head_dir / "prediction")
         events = pred.events.copy()
         events["frame"] += a
@@ -779,13 +808,11 @@ class Suite:
             if float(thr) == float(s.main_threshold):
                 main = summ
                 match.write(head_dir / "evaluation")
-        emit({"what": "events", "strategy": strategy, "test_frames": [a, b], "frames_per_s": pred.record["frames_per_s"],
+        emit({"what": "events", "strategy": strategy, "test_frames": [a, b], "predict_amp": amp,
+              "frames_per_s": pred.record["frames_per_s"],
               "predict_s": pred.record["elapsed_s"], "calibrated": True, "main_threshold": s.main_threshold,
               "main": main, "per_threshold": per_threshold})
-        return {"dir": head_dir, "seconds": time.perf_counter() - t0, "crop": crop,
-                "crop_f1_class1": crop["f1_class1"], "event_f1": (main or {}).get("f1"),
-                "labels_sha256": sha256_array(np.concatenate([pairs.train.labels, pairs.test.labels])),
-                "calibration": rep, "test_crops_ece": test_ece, "events": main, "per_threshold": per_threshold}
+        result.update({"event_f1": (main or {}).get("f1"), "events": main, "per_threshold": per_threshold})
 
     def _ship(self, a1: dict, tap_dir: Path, emit) -> None:
         """``<work>/hela-nuclei``: the A1 head bundle + calibration.json + tap/ (the shipped layout of
