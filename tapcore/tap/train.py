@@ -44,7 +44,7 @@ __all__ = ["PretrainConfig", "PretrainResult", "pretrain", "train_one_epoch", "e
            "val_pairs", "load_checkpoint", "CHECKPOINT"]
 
 CHECKPOINT = Path("checkpoint") / "last.pt"
-_RESUME_FREE = ("device", "max_time_s", "log_every", "compile", "epochs")  # may change on resume
+_RESUME_FREE = ("device", "max_time_s", "log_every", "compile", "epochs", "preset")  # may change on resume
 
 
 @dataclass
@@ -82,6 +82,8 @@ class PretrainConfig:
             (None: no limit); the bundle is written as usual.
         model: the :class:`TapConfig` architecture.
         augment: the :class:`AugmentConfig` augmentations.
+        preset: name of the preset these options started from (``tapcore.presets``; a record only,
+            set by :func:`tapcore.presets.apply_preset`; None when built by hand).
     """
 
     patch: int = 96
@@ -109,6 +111,7 @@ class PretrainConfig:
     max_time_s: Optional[float] = None
     model: TapConfig = field(default_factory=TapConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    preset: Optional[str] = None
 
     def validate(self) -> None:
         """Raise ValueError naming any option out of range."""
