@@ -123,7 +123,8 @@ if dataset is not None and tap_ref is not None:
         epochs = c2.number_input("Epochs (passes over the training windows)", 1, 200, key="head_epochs",
                                  help="Paper: 10 for linear heads, 30 for ResNet heads.")
         crop = c3.number_input("Window size (px)", 16, 128, step=8, key="head_crop",
-                               help="Side of the square window around a candidate event (paper: 48 px).")
+                               help="Side of the square window around a candidate event (paper: 48 px), in the "
+                                    "TAP model's pixels: with binning 2 a 48 px window covers 96 movie pixels.")
         c4, c5, c6 = st.columns(3)
         pairs = c4.number_input("Windows per frame pair", 10, 5000, step=10, key="head_pairs",
                                 help="Random windows sampled from each pair of consecutive frames (paper: 1000).")
