@@ -35,7 +35,7 @@ def _from_library(name: str) -> dict:
 PRESETS = {
     "cpu": _from_library("cpu"),
     "paper": _from_library("paper"),
-    "quick": {"label": "quick test: a minute on a laptop, to try the app (learns little)", "preset": "cpu",
+    "quick": {"label": "Quick test (a minute on a laptop)", "preset": "cpu",
               "pre_size": "small", "pre_bin": 1, "pre_epochs": 1, "pre_samples": 64, "pre_patch": 32,
               "pre_batch": 16, "pre_lr": 1e-3},
 }
