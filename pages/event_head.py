@@ -3,7 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from pages._ui import page_setup, dataset_picker, live_job, model_picker, per_class_table, submit_job, workspace
+from pages._ui import (page_setup, dataset_picker, live_job, load_masks, model_picker, per_class_table, submit_job,
+                       workspace)
+from tapcore.estimate import estimate_head, worker_device
+from tapcore.workspace import home
 
 page_setup()
 
@@ -14,6 +17,9 @@ STRATEGY_HELP = {
     "B0": "B0 · random fixed features + linear head (baseline)",
     "C1": "C1 · whole network trained from scratch, ResNet head (baseline, slow)",
     "C0": "C0 · whole network trained from scratch, linear head (baseline, slow)",
+    "A2": "A2 · TAP features (frozen) + lite ResNet head (16 channels): about 10x less work than A1, for CPUs",
+    "B2": "B2 · random fixed features + lite ResNet head (baseline for A2)",
+    "C2": "C2 · whole network trained from scratch, lite ResNet head (baseline for A2, slow)",
 }
 CRITERIA = {
     "size_either": "a window counts as an event when more than N event pixels are in either frame (paper)",
@@ -34,6 +40,56 @@ def apply_preset() -> None:
     for key, value in PRESETS[st.session_state["head_preset"]].items():
         if key != "label":
             st.session_state[key] = value
+
+
+DEVICE = worker_device(home())
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _pair_counts(dataset_id: str, masks_key: str, bin_: int, dataset_cfg: str) -> tuple[int, int, int]:  # noqa: ARG001
+    """Training / validation / test windows the job will have (the same sampling as training)."""
+    import json
+
+    from tapcore.binning import bin_masks
+    from tapcore.config import config_from_dict
+    from tapcore.events.dataset import CropPairConfig, build_crop_pairs
+
+    masks = bin_masks(load_masks(workspace().dataset(dataset_id)), bin_)
+    pairs = build_crop_pairs(masks, config_from_dict(CropPairConfig, json.loads(dataset_cfg)))
+    return len(pairs.train), len(pairs.val), len(pairs.test)
+
+
+def _show_estimate(dataset, tap_ref: str) -> None:
+    """The estimated duration of the job the form describes now, on the worker's device."""
+    import json
+
+    from tapcore.binning import model_bin
+    from tapcore.config import config_from_dict
+    from tapcore.events.train import HeadConfig
+    from tapcore.utils import read_json
+
+    ss = st.session_state
+    try:
+        bundle = read_json(workspace().resolve_model(tap_ref) / "config.json")
+        b = model_bin(bundle)
+        ds = {"crop": int(ss["head_crop"]), "pairs_per_frame": int(ss["head_pairs"]), "criterion": ss["head_criterion"],
+              "min_area": int(ss["head_min_area"]), "task": ss.get("head_task", "event"), "seed": int(ss.get("head_seed", 0))}
+        cfg = config_from_dict(HeadConfig, {"strategy": ss["head_strategy"], "epochs": int(ss["head_epochs"]),
+                                            "device": DEVICE, "dataset": ds})
+        n_train, n_val, n_test = _pair_counts(dataset.id, dataset.sha256 + str(dataset.meta.get("masks_sha256")), b,
+                                              json.dumps(ds, sort_keys=True))
+        t_len, height, width = dataset.shape
+        with st.spinner(f"Timing a few training steps on {DEVICE}..."):
+            est = estimate_head(cfg, n_train, DEVICE, n_val=n_val, n_test=n_test, tap_config=bundle.get("model"),
+                                movie_shape=(int(t_len), -(-int(height) // b), -(-int(width) // b)),
+                                n_classes=3 if ds["task"] == "three_class" else 2)
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        st.warning(f"No time estimate for these settings: {exc}")
+        return
+    (st.warning if est.seconds > 2 * 3600 else st.info)(
+        est.summary() + (". That is long: consider strategy A2 (lite head), A0, fewer epochs or windows."
+                         if est.seconds > 2 * 3600 else "."), icon=":material/schedule:")
+    st.caption(est.explanation)
 
 
 if "head_epochs" not in st.session_state:  # first visit: the paper's settings
@@ -67,7 +123,8 @@ if dataset is not None and tap_ref is not None:
         epochs = c2.number_input("Epochs (passes over the training windows)", 1, 200, key="head_epochs",
                                  help="Paper: 10 for linear heads, 30 for ResNet heads.")
         crop = c3.number_input("Window size (px)", 16, 128, step=8, key="head_crop",
-                               help="Side of the square window around a candidate event (paper: 48 px).")
+                               help="Side of the square window around a candidate event (paper: 48 px), in the "
+                                    "TAP model's pixels: with binning 2 a 48 px window covers 96 movie pixels.")
         c4, c5, c6 = st.columns(3)
         pairs = c4.number_input("Windows per frame pair", 10, 5000, step=10, key="head_pairs",
                                 help="Random windows sampled from each pair of consecutive frames (paper: 1000).")
@@ -78,7 +135,10 @@ if dataset is not None and tap_ref is not None:
         seed = c7.number_input("Random seed", 0, 1_000_000, 0, key="head_seed",
                                help="Same seed + same data = same result.")
         calibrate = c8.checkbox("Calibrate probabilities after training", value=True, key="head_calibrate")
-        go = st.form_submit_button("Start training", type="primary")
+        _show_estimate(dataset, tap_ref)
+        b1, b2 = st.columns(2)
+        b1.form_submit_button("Update estimate", help="Re-estimate the duration after changing values above.")
+        go = b2.form_submit_button("Start training", type="primary")
     if go:
         config = {"strategy": strategy, "epochs": int(epochs), "seed": int(seed),
                   "dataset": {"crop": int(crop), "pairs_per_frame": int(pairs), "criterion": criterion,

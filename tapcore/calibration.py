@@ -355,6 +355,7 @@ def validation_logits(bundle_dir: str | os.PathLike, movie: np.ndarray, masks: n
     Returns:
         ``(logits (N_val, K) float32, labels (N_val,) int64)``.
     """
+    from tapcore.binning import bin_masks, bin_movie, model_bin
     from tapcore.config import config_from_dict
     from tapcore.events.dataset import CropPairConfig, build_crop_pairs, extract_crops
     from tapcore.events.features import FeatureConfig, compute_frame_features
@@ -367,6 +368,8 @@ def validation_logits(bundle_dir: str | os.PathLike, movie: np.ndarray, masks: n
     if movie.ndim != 3:
         raise ValueError(f"the movie must be (T, Y, X); got shape {movie.shape}")
     masks = check_masks(masks, movie)
+    b = model_bin(config)  # a binned model: crops are cut from the movie and masks binned the same way
+    movie, masks = bin_movie(movie, b), bin_masks(masks, b)
     ds_cfg = config_from_dict(CropPairConfig, config.get("dataset") or {})
     pairs = build_crop_pairs(masks, ds_cfg, movie.shape)
     coords, labels = pairs.val.coords, pairs.val.labels

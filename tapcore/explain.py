@@ -294,7 +294,7 @@ class ExplainConfig:
 
     frame: int = 0  # t: the pair (t, t+1) is explained
     k: int = 8  # number of top regions (paper: 8)
-    size: int = 48  # region side in pixels (the crop size)
+    size: int = 48  # region side in the model's pixels (the crop size); a model binned by b shows size * b px
     target: str = "sum"  # event heads: "sum" (whole-frame event evidence) | "location"
     y: Optional[int] = None  # target="location": centre of the crop pair to explain
     x: Optional[int] = None
@@ -333,6 +333,7 @@ def explain_frame(movie: np.ndarray, model: Union[str, os.PathLike], cfg: Option
     Returns:
         :class:`Explanation` with the map, the top-k regions (with crops) and a run record.
     """
+    from tapcore.binning import bin_movie, model_bin, unbin_map
     from tapcore.bundle import load_bundle, load_tap_model
     from tapcore.io import normalize_movie
     from tapcore.utils import environment_info, resolve_device, sha256_array
@@ -351,19 +352,24 @@ def explain_frame(movie: np.ndarray, model: Union[str, os.PathLike], cfg: Option
     norm = bundle.config.get("normalize") or {}
     pmin = float(cfg.pmin if cfg.pmin is not None else norm.get("pmin", 1.0))
     pmax = float(cfg.pmax if cfg.pmax is not None else norm.get("pmax", 99.8))
-    frames = normalize_movie(movie[t:t + 2], pmin, pmax)  # (2, Y, X)
+    frames = normalize_movie(movie[t:t + 2], pmin, pmax)  # (2, Y, X), original pixels (display, crops)
+    # a binned model (bundle "bin" = b) sees the pair binned; its map is repeated back to (Y, X), a
+    # location is given in original pixels, and a region of ``size`` model pixels spans size * b pixels
+    b = model_bin(bundle.config)
+    seen = frames if b == 1 else normalize_movie(bin_movie(movie[t:t + 2], b), pmin, pmax)  # (2, Y/b, X/b)
     if bundle.kind == "tap":
         net = load_tap_model(model, device=device)
-        cam = gradcam_tap(net, frames, device)
+        cam = gradcam_tap(net, seen, device)
         target = "time_arrow"
     else:
         from tapcore.events.model import load_event_model
 
         net = load_event_model(model, device=device)
-        loc = (int(cfg.y), int(cfg.x)) if cfg.target == "location" else None
-        cam = gradcam_event(net, frames, cfg.target, loc, device)
+        loc = (int(cfg.y) // b, int(cfg.x) // b) if cfg.target == "location" else None
+        cam = gradcam_event(net, seen, cfg.target, loc, device)
         target = cfg.target
-    size = min(int(cfg.size), *frames.shape[1:])
+    cam = np.ascontiguousarray(unbin_map(cam, b, frames.shape[1:]), dtype=np.float32)  # (Y, X)
+    size = min(int(cfg.size) * b, *frames.shape[1:])
     regions = attach_crops(top_regions(cam, cfg.k, size), frames, 0)
     record = {
         "model_id": bundle.id,
@@ -377,6 +383,8 @@ def explain_frame(movie: np.ndarray, model: Union[str, os.PathLike], cfg: Option
         "normalize": {"pmin": pmin, "pmax": pmax},
         "movie_shape": list(movie.shape),
         "movie_sha256": sha256_array(movie),
+        "bin": int(b),
+        "region_size_px": int(size),
         "elapsed_s": time.time() - t0,
         "environment": environment_info(device),
     }

@@ -42,6 +42,13 @@ per batch (peak list, summary, map copy), and ``amp="bf16"`` / ``"fp16"`` autoca
 encoder (the FFT stays float32). Memory is bounded by ``tile`` (backbone), ``head_tile`` (encoder,
 FFT) and ``batch``; only the per-frame responses ``(O, Y, X)`` of the previous frame are carried.
 
+**Binning** (``tapcore.binning``): a model whose bundle records ``bin = b > 1`` sees each batch of
+frames block-mean binned by ``b`` before normalisation, and everything above runs on the binned
+grid. Results come back in **original** pixels: each map is repeated ``b x b`` times and cropped to
+the movie's ``(Y, X)``; an event found at binned ``(y, x)`` is reported at ``(y*b + b//2, x*b + b//2)``
+(within half a pixel of its block's centre); ``min_distance`` is in original pixels (the peak search
+uses ``ceil(min_distance / b)`` binned pixels).
+
 **Event list** (peak finding): local maxima of ``P_t`` found by max-pool non-maximum suppression
 with a ``(2 * min_distance + 1)`` square window (two events are more than ``min_distance`` pixels
 apart in y or x), with ``P_t >= threshold``; ties on a plateau keep one pixel.
@@ -511,6 +518,7 @@ def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], 
     Returns:
         :class:`Prediction`.
     """
+    from tapcore.binning import bin_movie, binned_shape, model_bin, unbin_coords, unbin_map
     from tapcore.io import normalize_movie
     from tapcore.utils import environment_info, resolve_device, sha256_array
 
@@ -538,6 +546,8 @@ def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], 
     if len(class_names) != n_classes:
         class_names = ["none"] + (["event"] if n_classes == 2 else [f"class{k}" for k in range(1, n_classes)])
     predictor = DensePredictor(net, cfg, device, calibration)
+    b = model_bin(config)  # the model works on the movie binned by b; results are unbinned below
+    min_distance = -(-int(cfg.min_distance) // b)  # original pixels -> binned pixels (ceil)
 
     t_len, height, width = movie.shape
     n_pairs = t_len - 1
@@ -550,10 +560,10 @@ def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], 
     for step, f0 in enumerate(range(0, t_len, batch), start=1):
         f1 = min(f0 + batch, t_len)
         if predictor.device.type == "cuda":  # percentiles on the GPU: the host only copies raw frames
-            raw = torch.from_numpy(np.asarray(movie[f0:f1], np.float32)).pin_memory()  # (b, Y, X)
+            raw = torch.from_numpy(np.asarray(bin_movie(movie[f0:f1], b), np.float32)).pin_memory()  # (b, Y, X)
             frames = normalize_frames_torch(raw.to(predictor.device, non_blocking=True), pmin, pmax)[:, None]
         else:
-            frames = torch.from_numpy(normalize_movie(movie[f0:f1], pmin, pmax))[:, None]  # (b, 1, Y, X)
+            frames = torch.from_numpy(normalize_movie(bin_movie(movie[f0:f1], b), pmin, pmax))[:, None]  # (b, 1, Y, X)
         r = predictor.responses(frames)  # (b, O, Y, X)
         seq = r if prev is None else torch.cat([prev, r], dim=0)
         first = f0 if prev is None else f0 - 1  # frame index of seq[0]
@@ -563,7 +573,7 @@ def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], 
         with torch.no_grad():
             probs = predictor.pair_probabilities(seq[:-1], seq[1:])  # (n, K, Y, X)
             event = 1.0 - probs[:, 0]  # (n, Y, X)
-            peaks = find_peaks(event, cfg.threshold, cfg.min_distance)  # (M, 3) [n, y, x]
+            peaks = find_peaks(event, cfg.threshold, min_distance)  # (M, 3) [n, y, x] (binned pixels)
             maxes = event.flatten(1).amax(1).cpu().numpy()
             means = event.flatten(1).mean(1).cpu().numpy()
             if len(peaks):
@@ -574,11 +584,12 @@ def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], 
         for n in range(len(seq) - 1):
             t = first + n
             sel = peaks[:, 0] == n
-            for (_, y, x), p, c in zip(peaks[sel], pk_prob[sel] if len(peaks) else [], pk_cls[sel] if len(peaks) else []):
+            yx = unbin_coords(peaks[sel][:, 1:], b, (height, width))  # original pixels
+            for (y, x), p, c in zip(yx, pk_prob[sel] if len(peaks) else [], pk_cls[sel] if len(peaks) else []):
                 rows.append((t, t + 1, int(y), int(x), float(p), class_names[int(c)], model_id))
             summary.append((t, t + 1, int(sel.sum()), float(maxes[n]), float(means[n])))
             if event_np is not None:
-                maps[t] = event_np[n]
+                maps[t] = unbin_map(event_np[n], b, (height, width))
         if progress is not None:
             progress({"stage": "predict", "kind": "step", "epoch": 1, "epochs": 1, "step": step, "steps": steps,
                       "frames_done": f1,
@@ -603,6 +614,8 @@ def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], 
         "movie_shape": list(movie.shape),
         "movie_dtype": str(movie.dtype),
         "movie_sha256": sha256_array(movie),
+        "bin": int(b),
+        "binned_shape": list(binned_shape(movie.shape, b)),
         "method": predictor.method,
         "n_pairs": n_pairs,
         "n_events": len(events),

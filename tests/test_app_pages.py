@@ -141,6 +141,11 @@ def test_event_head_job_then_evaluate_page(home):
     at.number_input(key="head_crop").set_value(16)
     at.number_input(key="head_pairs").set_value(40)
     at.selectbox(key="head_criterion").set_value("any_either")
+    at.button(key="FormSubmitter:head_form-Update estimate").click().run()
+    assert not at.exception and not JobQueue(home).list()  # estimating starts nothing
+    estimate = " ".join(i.value for i in at.info) + " ".join(w.value for w in at.warning)
+    assert "Estimated duration on cpu: ~" in estimate and "(measured: " in estimate
+    assert "linear head, crop 16 px" in " ".join(c.value for c in at.caption)
     at.button(key="FormSubmitter:head_form-Start training").click().run()
     assert not at.exception
     (job,) = JobQueue(home).list()
@@ -225,6 +230,10 @@ def test_pretrain_page_submits_a_job_that_finishes_with_curves(home):
 
     _small_demo(home)
     at = _app("pages/pretrain.py")
+    # on a CPU the page starts on the cpu preset (binning 2), with a measured duration estimate
+    assert at.selectbox(key="pre_preset").value == "cpu" and at.radio(key="pre_bin").value == 2
+    estimate = " ".join(i.value for i in at.info) + " ".join(w.value for w in at.warning)
+    assert "Estimated duration on cpu: ~" in estimate and "(measured: " in estimate
     at.selectbox(key="pre_preset").set_value("quick").run()
     assert at.number_input(key="pre_epochs").value == 1
     at.number_input(key="pre_epochs").set_value(2)
@@ -234,6 +243,7 @@ def test_pretrain_page_submits_a_job_that_finishes_with_curves(home):
     (job,) = JobQueue(home).list()
     cfg = job.spec["params"]["config"]
     assert (job.kind, cfg["epochs"], cfg["samples_per_epoch"], cfg["patch"]) == ("pretrain", 2, 16, 32)
+    assert (cfg["preset"], cfg["bin"]) == ("cpu", 1)  # the quick test: the cpu preset without binning
     assert "Waiting in the queue" in at.get("progress")[0].proto.text
     assert Worker(home, device="cpu", poll=0.05).run(once=True) == 1
     at.run()

@@ -44,6 +44,8 @@ def test_margins_and_combine():
     assert build_head("linear_invariant").combine == "mean"
     assert build_head("resnet").margin == 3 and build_head("resnet").combine == "mean"
     assert build_head("resnet_order").combine == "concat"
+    lite = build_head("resnet_lite")
+    assert lite.margin == 3 and lite.combine == "mean" and lite.out_channels == 16
 
 
 def test_resnet_parameter_count_matches_paper():
@@ -54,6 +56,16 @@ def test_resnet_parameter_count_matches_paper():
     assert count_parameters(build_head("linear", 32, 2, 48)) == 2 * (2 * 32 * 48 * 48) + 2
 
 
+def test_resnet_lite_is_the_resnet_at_16_channels():
+    # same layers as the paper's head at 16 instead of 64 channels: conv 32->16, block 2 x (16->16), BN, fc
+    n = count_parameters(build_head("resnet_lite", in_channels=32, n_classes=2, crop=48))
+    assert n == 32 * 16 * 9 + 2 * 16 + 2 * (16 * 16 * 9 + 2 * 16) + 2 * 16 * 48 * 48 + 2
+    # its encoder costs ~10x fewer multiply-adds per pixel than the paper's
+    def macs(head):
+        return sum(m.in_channels * m.out_channels * 9 for m in head.modules() if isinstance(m, nn.Conv2d))
+    assert macs(build_head("resnet", 32)) == 10 * macs(build_head("resnet_lite", 32))
+
+
 def test_unknown_name_lists_valid():
     with pytest.raises(ValueError) as err:
         build_head("transformer")
@@ -61,7 +73,7 @@ def test_unknown_name_lists_valid():
         assert name in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["linear_invariant", "resnet"])
+@pytest.mark.parametrize("name", ["linear_invariant", "resnet", "resnet_lite"])
 def test_time_invariant_heads_ignore_order(name):
     head = _eval_head(name)
     z = torch.randn(5, 2, C, head.window, head.window)

@@ -70,7 +70,8 @@ def _points(t_len: int, height: int, width: int, n: int, seed: int) -> np.ndarra
 
 
 @pytest.mark.parametrize("head,crop,n_classes", [("resnet", 48, 2), ("linear", 48, 2),
-                                                 ("resnet_order", 16, 3), ("linear_invariant", 16, 2)])
+                                                 ("resnet_order", 16, 3), ("linear_invariant", 16, 2),
+                                                 ("resnet_lite", 48, 2), ("resnet_lite", 16, 3)])
 def test_dense_map_equals_head_on_centred_crops(head, crop, n_classes):
     model = _model(head, crop, n_classes)
     rng = np.random.default_rng(1)

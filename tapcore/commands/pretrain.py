@@ -28,7 +28,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         if not isinstance(cfg, dict):
             raise ValueError(f"{path} must hold a JSON object of PretrainConfig options")
     for name in ("epochs", "batch_size", "samples_per_epoch", "patch", "lr", "seed", "device", "val_fraction",
-                 "val_samples", "max_time_s", "weight_decay", "dt", "log_every"):
+                 "val_samples", "max_time_s", "weight_decay", "dt", "log_every", "bin"):
         value = getattr(args, name)
         if value is not None:
             cfg[name] = value
@@ -51,13 +51,17 @@ def _print_epoch(record: dict) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from tapcore.config import config_from_dict
-    from tapcore.tap.train import PretrainConfig, pretrain
+    from tapcore.presets import apply_preset
+    from tapcore.tap.train import pretrain
 
-    cfg = config_from_dict(PretrainConfig, _overrides(args))
-    cfg.validate()
+    overrides = _overrides(args)
+    # the preset: --preset, else one named in the --config file, else the paper's settings
+    cfg = apply_preset(args.preset or overrides.get("preset") or "paper", overrides)
     movie = _read(args.movie, args.channel, args.plane).movie
     val_movie = _read(args.val, args.channel, args.plane).movie if args.val else None
+    print(f"preset {cfg.preset}: bin {cfg.bin}, U-Net base {cfg.model.base_channels} depth {cfg.model.depth}, "
+          f"patch {cfg.patch} px, batch {cfg.batch_size}, lr {cfg.lr:g}, {cfg.epochs} epochs x "
+          f"{cfg.samples_per_epoch} pairs", flush=True)
     print(f"movie {args.movie}: {movie.shape[0]} frames of {movie.shape[1]} x {movie.shape[2]} px ({movie.dtype})"
           + (f"; validation movie {args.val}" if args.val else f"; validation: last {cfg.val_fraction:.0%} of frames"),
           flush=True)
@@ -115,14 +119,22 @@ def cmd_content_view(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    from tapcore.presets import PRESET_HELP, PRESETS
+
     p = subparsers.add_parser(
         "pretrain", help="pretrain TAP features on a movie (self-supervised)",
         description="Pretrain a time arrow prediction (TAP) model on a movie and write a TAP bundle. MOVIE is a "
                     "multi-page TIFF, a folder of frames or a Cell Tracking Challenge folder. Defaults are the "
-                    "paper's (96 px patches, batch 152, 40 epochs of 50,000 pairs, lr 1e-4).")
+                    "paper's (96 px patches, batch 152, 40 epochs of 50,000 pairs, lr 1e-4); --preset cpu picks "
+                    "settings for computers without a GPU. Explicit options override the preset.")
     p.add_argument("movie", help="movie: TIFF, frame folder or CTC folder")
     p.add_argument("--val", help="validation movie (another location); default: hold out the last frames")
     p.add_argument("--out", required=True, help="output bundle folder (also gets metrics.jsonl and checkpoint/)")
+    p.add_argument("--preset", choices=list(PRESETS),
+                   help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()) + " (default paper)")
+    p.add_argument("--bin", type=int, choices=(1, 2, 4),
+                   help="average BIN x BIN pixel blocks before training (cpu preset: 2); choose it so that nuclei "
+                        "are about 10-20 px across after binning")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int, help="pairs per step (default 152)")
     p.add_argument("--samples-per-epoch", dest="samples_per_epoch", type=int, help="pairs per epoch (default 50000)")

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 FEATURE_LABELS = {"A": "TAP", "B": "random (fixed)", "C": "random (trained)"}
 HEAD_LABELS = {"linear": "linear", "resnet": "Resnet", "linear_invariant": "linear (invariant)",
-               "resnet_order": "Resnet (order)"}
+               "resnet_order": "Resnet (order)", "resnet_lite": "Resnet lite (16 ch)"}
 CRITERION_LABELS = {"any_both": "any size, both", "any_either": "any size, either", "size_either": "size filter, either"}
 
 
@@ -76,6 +76,7 @@ class CompareResult:
 def compare(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | os.PathLike], cfg: CompareConfig,
             out_dir: str | os.PathLike, progress: Optional[ProgressFn] = None) -> CompareResult:
     """Train every (criterion, strategy, repeat) and write the mean ± std tables."""
+    from tapcore.binning import bin_masks, bin_movie, model_bin
     from tapcore.io import check_masks, normalize_movie
 
     cfg = dataclasses.replace(cfg, strategies=tuple(cfg.strategies), criteria=tuple(cfg.criteria)).validate()
@@ -83,7 +84,9 @@ def compare(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | os.
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = cfg.head
-    movie_norm = normalize_movie(np.asarray(movie), base.pmin, base.pmax)
+    b = model_bin(tap_bundle)  # a binned TAP model: every strategy works on the same binned movie and masks
+    movie_norm = normalize_movie(bin_movie(np.asarray(movie), b), base.pmin, base.pmax)
+    binned_masks = bin_masks(masks, b)
     t0 = time.time()
     tap_backbone = None
     if any(STRATEGIES[s][0] == "tap" for s in cfg.strategies):
@@ -93,7 +96,7 @@ def compare(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | os.
     done = 0
     for criterion in cfg.criteria:
         dcfg = dataclasses.replace(base.dataset, criterion=criterion)
-        pairs = build_crop_pairs(masks, dcfg, movie.shape)
+        pairs = build_crop_pairs(binned_masks, dcfg, binned_masks.shape)
         for r in range(cfg.repeats):
             seed = cfg.seed + r
             b_backbone = None

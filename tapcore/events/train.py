@@ -1,6 +1,7 @@
 """Train an event head with one of the paper's strategies (Table 2) and write a head bundle.
 
-Strategies (``HeadConfig.strategy``), each with the linear (0) or ResNet (1) head:
+Strategies (``HeadConfig.strategy``), each with the linear (0) or ResNet (1) head, or (ours, for
+CPUs) the ResNet head at 16 channels, ``resnet_lite`` (2: A2, B2, C2):
 
 - ``A``: TAP backbone, frozen. Features are computed once per whole frame and reused;
 - ``B``: the same U-Net architecture, randomly initialised (Kaiming uniform, seeded by ``seed``), frozen;
@@ -50,16 +51,21 @@ STRATEGIES: dict[str, tuple[str, str, bool]] = {
     "B1": ("random", "resnet", True),
     "C0": ("random", "linear", False),
     "C1": ("random", "resnet", False),
+    # ours: the CPU-sized ResNet head (tapcore.events.heads.LITE_WIDTH channels) in the same three settings
+    "A2": ("tap", "resnet_lite", True),
+    "B2": ("random", "resnet_lite", True),
+    "C2": ("random", "resnet_lite", False),
 }
-#: paper's fine-tuning epochs per head family
-PAPER_EPOCHS = {"linear": 10, "linear_invariant": 10, "resnet": 30, "resnet_order": 30}
+#: paper's fine-tuning epochs per head family (the lite ResNet head follows the ResNet schedule)
+PAPER_EPOCHS = {"linear": 10, "linear_invariant": 10, "resnet": 30, "resnet_order": 30, "resnet_lite": 30}
 
 
 @dataclass
 class HeadConfig:
     """One event-head training run (paper defaults)."""
 
-    strategy: str = "A1"  # "A0".."C1": A TAP frozen, B random frozen, C random end to end; 0 linear, 1 ResNet
+    strategy: str = "A1"  # "A0".."C2": A TAP frozen, B random frozen, C random end to end; 0 linear, 1 ResNet,
+    # 2 the CPU-sized ResNet head (resnet_lite)
     head: Optional[str] = None  # override the strategy's head ("linear_invariant", "resnet_order", ...); None = 0/1
     epochs: Optional[int] = None  # None = paper default: 10 for linear heads, 30 for ResNet heads
     lr: float = 1e-3  # Adam learning rate (research code)
@@ -276,11 +282,17 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
         out_dir: bundle folder to write.
         progress: callback receiving one dict per epoch (and feature/step records).
         pairs, movie_norm, backbone: precomputed inputs (``tapcore.events.compare`` reuses them
-            across strategies and repeats).
+            across strategies and repeats); ``pairs`` and ``movie_norm`` must already be binned.
+
+    Binning: a TAP bundle trained with ``bin > 1`` makes the head work on the movie and masks binned
+    the same way (``tapcore.binning``: block-mean movie, block-max masks); crop coordinates, the crop
+    size and ``min_area`` are then in binned pixels. The bundle records ``bin`` so that calibration,
+    prediction and Grad-CAM bin the same way and report original pixels.
 
     Returns:
         :class:`HeadResult` with test metrics and the validation logits for calibration.
     """
+    from tapcore.binning import bin_masks, bin_movie, model_bin
     from tapcore.bundle import save_bundle
     from tapcore.io import check_masks, normalize_movie
     from tapcore.progress import MetricsLog, chain
@@ -296,10 +308,12 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
         torch.set_num_threads(int(cfg.num_threads))
     out_dir = Path(out_dir)
     t_start = time.time()
+    b = model_bin(tap_bundle)  # the TAP model's binning (1 without a bundle)
     if pairs is None:
-        pairs = build_crop_pairs(masks, cfg.dataset, movie.shape)
+        binned_masks = bin_masks(masks, b)
+        pairs = build_crop_pairs(binned_masks, cfg.dataset, binned_masks.shape)
     if movie_norm is None:
-        movie_norm = normalize_movie(movie, cfg.pmin, cfg.pmax)
+        movie_norm = normalize_movie(bin_movie(movie, b), cfg.pmin, cfg.pmax)
     feature_kind, _, frozen = STRATEGIES[cfg.strategy]
     if backbone is None:
         backbone, tap_cfg = prepare_backbone(cfg, tap_bundle)
@@ -316,7 +330,7 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
 
     feats: Optional[FrameFeatures] = None
     if frozen:
-        feats = frame_features(backbone, movie_norm, sha256_array(movie), cfg.features, device, progress)
+        feats = frame_features(backbone, movie_norm, f"{sha256_array(movie)}-bin{b}", cfg.features, device, progress)
         in_channels = feats.channels
     else:
         with torch.no_grad():
@@ -397,6 +411,7 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
         "crop": crop,
         "margin": head.margin,
         "feature_margin": model.feature_margin,
+        "bin": int(b),
         "in_channels": in_channels,
         "n_classes": n_classes,
         "class_names": pairs.class_names,
@@ -408,7 +423,7 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
         "head_config": config_to_dict(cfg),
     }
     manifest = _manifest(movie, masks, cfg, device, str(tap_bundle) if tap_bundle else None,
-                         {"strategy": cfg.strategy, "split": cfg.dataset.split})
+                         {"strategy": cfg.strategy, "split": cfg.dataset.split, "bin": int(b)})
     model.to("cpu")
     model.to(memory_format=torch.contiguous_format)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

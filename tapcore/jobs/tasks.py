@@ -79,9 +79,15 @@ def task_pretrain(params: dict[str, Any], run_dir: Path, progress: ProgressFn) -
     dataset = ws.dataset(params["dataset"])
     movie = ws.load_movie(dataset.id)
     val_movie = ws.load_movie(params["val_dataset"]) if params.get("val_dataset") else None
+    from tapcore.presets import apply_preset
     from tapcore.tap.train import PretrainConfig, pretrain
 
-    cfg = _config(PretrainConfig, params)
+    config = dict(params.get("config") or {})
+    if config.get("preset"):  # a named preset (tapcore.presets) under the explicit options
+        config.setdefault("device", job_device())
+        cfg = apply_preset(config["preset"], config)
+    else:
+        cfg = _config(PretrainConfig, params)
     out = run_dir / "model"
     resume = _has_checkpoint(out)
     if resume:

@@ -149,11 +149,15 @@ def content_view(movie: np.ndarray, model: Any, cfg: Optional[ContentViewConfig]
     cfg = cfg if cfg is not None else ContentViewConfig()
     cfg.validate()
     device = resolve_device(cfg.device)
-    pmin, pmax, model_id = 1.0, 99.8, None
+    from tapcore.binning import bin_movie, model_bin
+
+    pmin, pmax, model_id, b = 1.0, 99.8, None, 1
     if isinstance(model, (str, os.PathLike)):
         from tapcore.bundle import load_bundle, load_tap_model
 
-        norm = load_bundle(model, kind="tap").config.get("normalize") or {}
+        bundle_config = load_bundle(model, kind="tap").config
+        b = model_bin(bundle_config)  # a binned model sees the movie binned the same way
+        norm = bundle_config.get("normalize") or {}
         pmin, pmax = float(norm.get("pmin", pmin)), float(norm.get("pmax", pmax))
         model = load_tap_model(model, device)
         model_id = getattr(model, "bundle_id", None)
@@ -161,6 +165,7 @@ def content_view(movie: np.ndarray, model: Any, cfg: Optional[ContentViewConfig]
     movie = np.asarray(movie)
     if movie.ndim != 3:
         raise ValueError(f"the validation movie must be (T, Y, X), got shape {movie.shape}")
+    movie = bin_movie(movie, b)  # crop sizes below are in the model's (binned) pixels
     frames = tuple(cfg.frames) if cfg.frames is not None else (0, movie.shape[0])
     if not 0 <= frames[0] < frames[1] <= movie.shape[0]:
         raise ValueError(f"frame range {frames} is outside the movie's {movie.shape[0]} frames")
@@ -198,7 +203,7 @@ def content_view(movie: np.ndarray, model: Any, cfg: Optional[ContentViewConfig]
     summary = pd.DataFrame(rows)
     if progress is not None:
         progress({"stage": "content_view", "kind": "done", "steps": total})
-    return ContentViewResult(summary, runs_df, cfg, model_id, {"frames": list(frames), "device": device})
+    return ContentViewResult(summary, runs_df, cfg, model_id, {"frames": list(frames), "device": device, "bin": b})
 
 
 def write_content_view(result: ContentViewResult, out_dir: str | os.PathLike) -> dict[str, Path]:

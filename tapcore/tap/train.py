@@ -44,7 +44,7 @@ __all__ = ["PretrainConfig", "PretrainResult", "pretrain", "train_one_epoch", "e
            "val_pairs", "load_checkpoint", "CHECKPOINT"]
 
 CHECKPOINT = Path("checkpoint") / "last.pt"
-_RESUME_FREE = ("device", "max_time_s", "log_every", "compile", "epochs")  # may change on resume
+_RESUME_FREE = ("device", "max_time_s", "log_every", "compile", "epochs", "preset")  # may change on resume
 
 
 @dataclass
@@ -54,6 +54,10 @@ class PretrainConfig:
     Attributes:
         patch: side of the square training patches (96).
         dt: frame distance of a pair (1).
+        bin: spatial binning factor (1, 2 or 4; ``tapcore.binning``): the raw movie is mean-pooled over
+            ``bin x bin`` blocks before normalisation, so the network sees a ``bin`` times smaller movie
+            (patch sizes are then in binned pixels). Stored in the bundle; every user of the model bins
+            the same way and reports results in original pixels. 1 = the paper (no binning).
         batch_size: pairs per step (tarrow: 128-152; lower it for small GPUs / CPU).
         epochs: training epochs (paper: 40).
         samples_per_epoch: pairs per epoch (tarrow: 50,000-100,000).
@@ -78,10 +82,13 @@ class PretrainConfig:
             (None: no limit); the bundle is written as usual.
         model: the :class:`TapConfig` architecture.
         augment: the :class:`AugmentConfig` augmentations.
+        preset: name of the preset these options started from (``tapcore.presets``; a record only,
+            set by :func:`tapcore.presets.apply_preset`; None when built by hand).
     """
 
     patch: int = 96
     dt: int = 1
+    bin: int = 1
     batch_size: int = 152
     epochs: int = 40
     samples_per_epoch: int = 50_000
@@ -104,6 +111,7 @@ class PretrainConfig:
     max_time_s: Optional[float] = None
     model: TapConfig = field(default_factory=TapConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    preset: Optional[str] = None
 
     def validate(self) -> None:
         """Raise ValueError naming any option out of range."""
@@ -126,6 +134,9 @@ class PretrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.max_time_s is not None and not self.max_time_s > 0:
             raise ValueError(f"max_time_s must be > 0 or None, got {self.max_time_s}")
+        from tapcore.binning import check_bin
+
+        check_bin(self.bin)
         self.model.validate()
         self.augment.validate()
 
@@ -153,6 +164,8 @@ class PretrainResult:
 
 # -- data ---------------------------------------------------------------------------------------
 def _prepare_movie(movie: np.ndarray, name: str, cfg: PretrainConfig) -> np.ndarray:
+    """Check, bin (``cfg.bin``) and normalise a raw movie -> float32 ``(T, Y/bin, X/bin)``."""
+    from tapcore.binning import bin_movie
     from tapcore.io import normalize_movie
 
     movie = np.asarray(movie)
@@ -160,9 +173,12 @@ def _prepare_movie(movie: np.ndarray, name: str, cfg: PretrainConfig) -> np.ndar
         raise ValueError(f"{name} must be a (T, Y, X) movie, got an array of shape {movie.shape}")
     if movie.shape[0] < cfg.dt + 1:
         raise ValueError(f"{name} has {movie.shape[0]} frame(s); TAP needs at least {cfg.dt + 1} frames")
+    movie = bin_movie(movie, cfg.bin)
     if min(movie.shape[1:]) < cfg.patch:
-        raise ValueError(f"{name} frames are {movie.shape[1]} x {movie.shape[2]} px, smaller than the "
-                         f"{cfg.patch} px patch; choose a smaller patch (--patch)")
+        binned = f" after binning by {cfg.bin}" if cfg.bin > 1 else ""
+        raise ValueError(f"{name} frames are {movie.shape[1]} x {movie.shape[2]} px{binned}, smaller than the "
+                         f"{cfg.patch} px patch; choose a smaller patch (--patch)"
+                         + (" or a smaller bin (--bin)" if cfg.bin > 1 else ""))
     return normalize_movie(movie, cfg.pmin, cfg.pmax)
 
 
@@ -317,6 +333,7 @@ def _check_resume(ckpt: dict[str, Any], cfg: PretrainConfig, data_sha: str, path
         raise ValueError(f"{path} was trained on another movie (data hash differs); resume with the same movie "
                          "or use a new output folder")
     old, new = dict(ckpt["config"]), config_to_dict(cfg)
+    old.setdefault("bin", 1)  # checkpoints from before binning existed were unbinned
     changed = sorted(k for k in set(old) | set(new) if k not in _RESUME_FREE and old.get(k) != new.get(k))
     if changed:
         raise ValueError(f"cannot resume {path}: option(s) {', '.join(changed)} differ from the checkpoint's; "
@@ -441,13 +458,15 @@ def pretrain(movie: np.ndarray, cfg: Optional[PretrainConfig] = None, out_dir: s
         "data_sha256": data_sha,
         "movie_shape": list(np.asarray(movie).shape),
         "movie_dtype": str(np.asarray(movie).dtype),
+        "bin": int(cfg.bin),
+        "binned_shape": list(train_np.shape),
         "seed": int(cfg.seed),
         "train_frames": list(train_frames),
         "validation": val_desc,
         **environment_info(device),
     }
     config = {"model": config_to_dict(model.cfg), "pretrain": config_to_dict(cfg),
-              "normalize": {"pmin": cfg.pmin, "pmax": cfg.pmax}}
+              "normalize": {"pmin": cfg.pmin, "pmax": cfg.pmax}, "bin": int(cfg.bin)}
     model.to("cpu").to(memory_format=torch.contiguous_format)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_bundle(out_dir, kind="tap", config=config, state_dict=state, metrics=metrics, manifest=manifest)
