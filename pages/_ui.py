@@ -231,7 +231,8 @@ def show_progress(job: Job) -> None:
     if last.get("steps") and last.get("kind") == "step":
         parts.append(f"step {last.get('step', 0)} of {last['steps']}")
     stage = last.get("stage")
-    label = f"{state_words(job).capitalize()}" + (f" · {stage}" if stage else "") + \
+    words = state_words(job)
+    label = f"{words[:1].upper() + words[1:]}" + (f" · {stage}" if stage else "") + \
         (f" · {', '.join(parts)}" if parts else "")
     st.progress(frac, text=label)
     # elapsed: the job's wall time; time left: from the current stage's own pace

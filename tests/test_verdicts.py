@@ -147,27 +147,91 @@ def test_verdict_round_trip_and_levels():
 
 
 # -- wiring: manifests, prediction record, CLI ----------------------------------------------------
-def test_head_training_records_movie_statistics_and_prediction_compares(tmp_path):
-    from tapcore.events.train import HeadConfig, train_head
-    from tapcore.predict import PredictConfig, predict_movie
-    from tapcore.synthetic import SynthConfig, make_synthetic
-
+@pytest.fixture(scope="module")
+def tiny_head(tmp_path_factory):
+    """A tiny A0 head trained on a small synthetic movie, the movie and masks as TIFFs."""
     from tapcore.bundle import save_bundle
     from tapcore.config import config_from_dict, config_to_dict
+    from tapcore.events.train import HeadConfig, train_head
+    from tapcore.io import write_tiff
+    from tapcore.synthetic import SynthConfig, make_synthetic
     from tapcore.tap.model import TapConfig, TapModel
 
+    tmp = tmp_path_factory.mktemp("tiny_head")
     tiny = TapConfig(base_channels=4, depth=1, features=4, head_channels=4)
-    tap = save_bundle(tmp_path / "tap", kind="tap", config={"model": config_to_dict(tiny)},
+    tap = save_bundle(tmp / "tap", kind="tap", config={"model": config_to_dict(tiny)},
                       state_dict=TapModel(tiny).state_dict())
-    synth = make_synthetic(SynthConfig(frames=8, height=64, width=64, cells=6, seed=2))
+    synth = make_synthetic(SynthConfig(frames=8, height=64, width=64, cells=6, division_rate=0.1, seed=2))
     cfg = config_from_dict(HeadConfig, {"strategy": "A0", "epochs": 1, "device": "cpu", "dataset": {
         "crop": 16, "pairs_per_frame": 20, "criterion": "any_either"}})
-    res = train_head(synth.movie, synth.masks, tap, cfg, tmp_path / "head")
-    manifest = json.loads((res.path / "manifest.json").read_text())
+    res = train_head(synth.movie, synth.masks, tap, cfg, tmp / "head")
+    write_tiff(tmp / "movie.tif", synth.movie)
+    write_tiff(tmp / "masks.tif", synth.masks)
+    return res.path, synth, tmp
+
+
+def test_head_training_records_movie_statistics_and_prediction_compares(tiny_head):
+    from tapcore.predict import PredictConfig, predict_movie
+
+    head, synth, _ = tiny_head
+    manifest = json.loads((head / "manifest.json").read_text())
     assert manifest["data_stats"]["frames"] == 8 and manifest["data_stats"]["structure_px"] > 0
-    same = predict_movie(synth.movie, res.path, PredictConfig(device="cpu"))
+    same = predict_movie(synth.movie, head, PredictConfig(device="cpu"))
     assert [v["title"] for v in same.record["verdicts"]] == ["the training movie"]
     other = _blobs(3, 15.0, frames=4, size=64, step=8.0)
-    pred = predict_movie(other, res.path, PredictConfig(device="cpu"))
+    pred = predict_movie(other, head, PredictConfig(device="cpu"))
     (v,) = pred.record["verdicts"]
     assert v["title"] == "unlike the training movie" and v["level"] in ("warn", "bad")
+
+
+def test_cli_predict_checks_itself_like_evaluate_events(tiny_head, capsys):
+    """`tapcore predict --masks` reports the precision / recall / F1 that `tapcore evaluate-events`
+    gives for the same events.csv and masks, and prints the verdicts."""
+    from tapcore.cli import main
+
+    head, _, tmp = tiny_head
+    out = tmp / "pred"
+    assert main(["predict", str(tmp / "movie.tif"), "--model", str(head), "--out", str(out), "--threshold", "0.3",
+                 "--min-distance", "6", "--masks", str(tmp / "masks.tif")]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    check = printed["check"]
+    assert check["n_pred"] == printed["events"] and check["n_true"] > 0
+    assert any(line.startswith("[") and "event head:" in line for line in printed["verdicts"])
+    assert "check against masks" in captured.err and "[OK] data: the training movie." in captured.err
+    assert json.loads((out / "prediction.json").read_text())["check"] == check
+    assert main(["evaluate-events", str(out / "events.csv"), "--masks", str(tmp / "masks.tif"), "--out",
+                 str(tmp / "ev")]) == 0
+    capsys.readouterr()
+    summary = json.loads((tmp / "ev" / "summary.json").read_text())
+    for key in ("tp", "fp", "fn", "precision", "recall", "f1", "n_true", "n_pred"):
+        assert check[key] == summary[key], key
+    # a bad masks file fails before the (long) prediction, with a one-line message
+    assert main(["predict", str(tmp / "movie.tif"), "--model", str(head), "--out", str(tmp / "p2"),
+                 "--masks", str(tmp / "nope.tif")]) == 2
+    assert not (tmp / "p2").exists()
+
+
+def test_cli_pretrain_and_train_head_print_a_verdict(tmp_path, capsys):
+    from tapcore.cli import main
+    from tapcore.io import write_tiff
+    from tapcore.synthetic import SynthConfig, make_synthetic
+
+    synth = make_synthetic(SynthConfig(frames=8, height=64, width=64, cells=6, division_rate=0.1, seed=2))
+    write_tiff(tmp_path / "movie.tif", synth.movie)
+    write_tiff(tmp_path / "masks.tif", synth.masks)
+    (tmp_path / "cfg.json").write_text(json.dumps({"model": {"base_channels": 4, "depth": 1, "features": 4,
+                                                             "head_channels": 4}}))
+    assert main(["pretrain", str(tmp_path / "movie.tif"), "--out", str(tmp_path / "tap"), "--epochs", "1",
+                 "--samples-per-epoch", "8", "--batch-size", "4", "--patch", "16", "--val-samples", "16",
+                 "--device", "cpu", "--config", str(tmp_path / "cfg.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # one epoch on 8 pairs cannot beat chance by 2 standard errors of 16 validation pairs (0.125)
+    assert any(line.startswith("[BAD] TAP features: at chance.") for line in lines), lines[-3:]
+    assert main(["train-head", str(tmp_path / "movie.tif"), str(tmp_path / "masks.tif"), "--tap", str(tmp_path / "tap"),
+                 "--strategy", "A0", "--epochs", "1", "--crop", "16", "--pairs-per-frame", "20", "--criterion",
+                 "any_either", "--device", "cpu", "--out", str(tmp_path / "head")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    from tapcore.verdicts import bundle_verdicts
+
+    assert lines[-1] == bundle_verdicts(tmp_path / "head")[0].line() and lines[-1].startswith("[")
