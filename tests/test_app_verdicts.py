@@ -148,3 +148,5 @@ def test_every_page_has_a_url_path_named_after_its_file():
     text = (ROOT / "app.py").read_text()
     for page, title in PAGES.items():
         assert f'st.Page("pages/{page}.py", title="{title}"' in text and f'url_path="{page}"' in text
+    # the default page is served at "/" whatever its url_path: /predict needs its own (hidden) entry
+    assert 'url_path="predict", visibility="hidden"' in text
