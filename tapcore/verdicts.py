@@ -88,7 +88,7 @@ class Verdict:
 
     def text(self) -> str:
         """Markdown for the app: bold title, explanation, next step."""
-        who = f"{self.subject.capitalize()}: " if self.subject else ""
+        who = f"{self.subject[:1].upper() + self.subject[1:]}: " if self.subject else ""
         nxt = f" **What to do:** {self.next_step}" if self.next_step else ""
         return f"**{who}{self.title}.** {self.explanation}{nxt}"
 

@@ -269,7 +269,8 @@ def _workflow(page, url: str, home: Path) -> None:
 
     _goto(page, url, f"jobs?job={head_job}")
     _wait_text(page, "One job")
-    _wait_text(page, "Finished")  # the progress bar of the selected job ("Finished, but ..." for a weak head)
+    # the progress bar of the selected job ("Finished, but ..." for a weak head)
+    page.get_by_test_id("stProgress").filter(has_text="Finished").first.wait_for(timeout=60_000)
     _shot(page, "7-jobs")
     from tapcore.jobs.queue import JobQueue
 
