@@ -241,7 +241,7 @@ def calibration_verdict(calib: Optional[dict[str, Any]]) -> Verdict:
                        subject)
     if b > BIAS_EXTREME:
         return Verdict("warn", "extreme bias",
-                       f"The event bias b = {b:.1f} shifts the event odds by a factor of about {math.exp(b):.0f}: "
+                       f"The event bias b = {b:.1f} multiplies the event odds by about {math.exp(b):.2g}: "
                        f"the fit had to fight the head's scores.{ece_txt}",
                        "Check the masks and the head's precision; recalibrate on a movie with more events.", subject)
     if t == 1.0 and b == 0.0 and calib.get("nll_after") is not None:
