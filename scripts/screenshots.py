@@ -93,7 +93,8 @@ def main() -> int:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-            ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+            # Streamlit scrolls inside its own container, so a tall window is what shows a whole page
+            ctx = browser.new_context(viewport={"width": 1400, "height": 3000})
             page = ctx.new_page()
             for name, path in pages:
                 page.goto(f"{url}/{path}")
