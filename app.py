@@ -16,8 +16,11 @@ PAGES = [
     st.Page("pages/event_head.py", title="Event head", icon=":material/target:", url_path="event_head"),
     st.Page("pages/evaluate.py", title="Evaluate", icon=":material/fact_check:", url_path="evaluate"),
     st.Page("pages/explain.py", title="Explain", icon=":material/visibility:", url_path="explain"),
-    st.Page("pages/predict.py", title="Predict", icon=":material/insights:", url_path="predict", default=True),
+    # the app opens on Predict ("/"); Streamlit ignores a default page's url_path, so a hidden twin
+    # serves the deep link /predict (without it, /predict answers "Page not found")
+    st.Page("pages/predict.py", title="Predict", icon=":material/insights:", url_path="home", default=True),
     st.Page("pages/jobs.py", title="Jobs", icon=":material/list_alt:", url_path="jobs"),
+    st.Page("pages/predict.py", title="Predict", icon=":material/insights:", url_path="predict", visibility="hidden"),
 ]
 
 page = st.navigation(PAGES)

@@ -17,6 +17,7 @@ import streamlit as st
 
 from tapcore.jobs.queue import FINAL_STATES, Job, JobQueue
 from tapcore.progress import fraction_done, read_metrics
+from tapcore.verdicts import Verdict, stored_job_verdict
 from tapcore.workspace import Workspace, home
 
 EVENT_COLORS = {1: "#ff7f0e", 2: "#d62728"}  # division orange, death red
@@ -30,6 +31,8 @@ STATE_WORDS = {
     "interrupted": "interrupted (will resume from its last checkpoint)",
 }
 MAX_VIEW_PX = 640
+#: Cross-entropy of guessing between two answers (ln 2): the TAP loss of a model that learned nothing.
+GUESS_LOSS = float(np.log(2.0))
 
 
 def page_setup() -> None:
@@ -51,6 +54,41 @@ def page_setup() -> None:
         # delivers a widget click to one run only: re-running there would drop the click.
         if not isinstance(Runtime._instance, Mock):
             st.rerun()
+
+
+# -- verdicts ----------------------------------------------------------------------------------
+def show_verdict(verdict: Verdict | None) -> None:
+    """A verdict as a green / amber / red box (``tapcore.verdicts``)."""
+    if verdict is None:
+        return
+    box = {"ok": st.success, "warn": st.warning, "bad": st.error}[verdict.level]
+    box(verdict.text(), icon={"ok": ":material/check_circle:", "warn": ":material/warning:",
+                              "bad": ":material/error:"}[verdict.level])
+
+
+def job_verdict(job: Job) -> Verdict | None:
+    """The verdict a finished job stored (None for jobs that are not done or have none)."""
+    return stored_job_verdict(job.run_dir) if job.state == "done" else None
+
+
+def state_words(job: Job) -> str:
+    """The job's state in plain words; a done job whose result is not trustworthy says so."""
+    words = STATE_WORDS.get(job.state, job.state)
+    verdict = job_verdict(job)
+    if verdict is not None and verdict.level != "ok":
+        return f"{words}, but {verdict.subject + ' ' if verdict.subject else ''}{verdict.title}"
+    return words
+
+
+def finished_banner(job: Job, ok_text: str) -> None:
+    """The end of a done job: green ``ok_text`` when its result can be trusted, else its verdict."""
+    verdict = job_verdict(job)
+    if verdict is None or verdict.level == "ok":
+        st.success(ok_text + (f" {verdict.explanation}" if verdict is not None else ""))
+        return
+    lead = "Done, but the result should not be trusted." if verdict.level == "bad" else "Done, but with a caveat."
+    box = st.error if verdict.level == "bad" else st.warning
+    box(f"{lead} {verdict.text()}", icon=":material/error:" if verdict.level == "bad" else ":material/warning:")
 
 
 # -- workspace and queue -----------------------------------------------------------------------
@@ -148,8 +186,13 @@ def fmt_seconds(s: float | None) -> str:
     return f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
-def curves_figure(records: list[dict[str, Any]], keys: list[tuple[str, str]], title: str, y_title: str) -> go.Figure | None:
-    """Line plot of metrics over (fractional) epochs; None when no record has any of the keys."""
+def curves_figure(records: list[dict[str, Any]], keys: list[tuple[str, str]], title: str, y_title: str,
+                  chance: tuple[float, str] | None = None, y_range: tuple[float, float] | None = None) -> go.Figure | None:
+    """Line plot of metrics over (fractional) epochs; None when no record has any of the keys.
+
+    ``chance``: (value, label) of a dashed line marking what guessing gives; ``y_range``: fixed axis
+    range (e.g. 0..1 for accuracies; default from 0 to just above the largest value and the chance line).
+    """
     fig = go.Figure()
     for key, name in keys:
         xs, ys = [], []
@@ -165,6 +208,13 @@ def curves_figure(records: list[dict[str, Any]], keys: list[tuple[str, str]], ti
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 30 else "lines", name=name))
     if not fig.data:
         return None
+    if chance is not None:
+        fig.add_hline(y=chance[0], line=dict(dash="dash", color="gray"), annotation_text=chance[1],
+                      annotation_position="bottom right", annotation_font_color="gray")
+    if y_range is None:
+        top = max([max(t.y) for t in fig.data] + ([chance[0]] if chance else []))
+        y_range = (0.0, float(top) * 1.1 if top > 0 else 1.0)
+    fig.update_yaxes(range=list(y_range))
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=y_title, height=300,
                       margin=dict(l=40, r=10, t=40, b=40), legend=dict(orientation="h", y=-0.25))
     return fig
@@ -181,7 +231,8 @@ def show_progress(job: Job) -> None:
     if last.get("steps") and last.get("kind") == "step":
         parts.append(f"step {last.get('step', 0)} of {last['steps']}")
     stage = last.get("stage")
-    label = f"{STATE_WORDS.get(job.state, job.state).capitalize()}" + (f" · {stage}" if stage else "") + \
+    words = state_words(job)
+    label = f"{words[:1].upper() + words[1:]}" + (f" · {stage}" if stage else "") + \
         (f" · {', '.join(parts)}" if parts else "")
     st.progress(frac, text=label)
     # elapsed: the job's wall time; time left: from the current stage's own pace
@@ -201,11 +252,14 @@ def show_progress(job: Job) -> None:
         st.warning("The job was cancelled.")
     elif job.state == "interrupted":
         st.warning("The worker running this job stopped. A new worker resumes it from its last checkpoint.")
+    tap = job.kind == "pretrain"  # TAP answers "forward or backward?": guessing gives 0.5 and ln 2
     figs = [
-        curves_figure(records, [("train_loss", "training"), ("val_loss", "validation")], "Loss", "loss"),
+        curves_figure(records, [("train_loss", "training"), ("val_loss", "validation")], "Loss", "loss",
+                      chance=(GUESS_LOSS, "guessing (0.693)") if tap else None),
         curves_figure(records, [("train_decorr", "training"), ("val_decorr", "validation")],
                       "Decorrelation loss", "loss"),
-        curves_figure(records, [("train_acc", "training"), ("val_acc", "validation")], "Accuracy", "accuracy"),
+        curves_figure(records, [("train_acc", "training"), ("val_acc", "validation")], "Accuracy", "accuracy",
+                      chance=(0.5, "chance (guessing)") if tap else None, y_range=(0.0, 1.0)),
     ]
     figs = [f for f in figs if f is not None]
     if figs:

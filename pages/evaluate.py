@@ -9,7 +9,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._ui import page_setup, job_queue, model_picker, per_class_table, workspace
+from pages._ui import page_setup, job_queue, model_picker, per_class_table, show_verdict, workspace
+from tapcore.verdicts import calibration_verdict, head_verdict
 
 page_setup()
 
@@ -31,6 +32,8 @@ config = json.loads((path / "config.json").read_text())
 class_names = [str(n) for n in (config.get("class_names") or ["none", "event"])]
 test = metrics.get("test") or {}
 pr = per_class_table(test, class_names)
+
+show_verdict(head_verdict(test))  # can this model be trusted at all?
 
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Strategy", str(metrics.get("strategy", "?")), help=f"{metrics.get('head', config.get('head', '?'))} head "
@@ -57,11 +60,18 @@ with left:
 with right:
     st.subheader("Precision and recall per class")
     if len(pr):
+        support = pr["support"].astype(float)
+        base = support / max(float(support.sum()), 1.0)  # precision of picking windows at random
         fig = go.Figure([go.Bar(name="precision", x=pr.index, y=pr["precision"]),
-                         go.Bar(name="recall", x=pr.index, y=pr["recall"])])
+                         go.Bar(name="recall", x=pr.index, y=pr["recall"]),
+                         go.Scatter(name="chance precision (share of test windows)", x=pr.index, y=base,
+                                    mode="markers", marker=dict(symbol="line-ew-open", size=40, color="black",
+                                                                line=dict(width=3)))])
         fig.update_layout(barmode="group", yaxis=dict(range=[0, 1], title="score"), height=300,
                           margin=dict(l=10, r=10, t=10, b=40), legend=dict(orientation="h"))
         st.plotly_chart(fig, width="stretch", key="eval_pr")
+        st.caption("Black marks: the precision that calling windows at random would reach (each class's share "
+                   "of the test windows). A useful model's precision lies well above them.")
         shown = pr[["precision", "recall", "f1", "support"]].astype(float)
         st.dataframe(shown.rename(columns={"support": "test windows"}).style.format(precision=3, na_rep="-")
                      .format("{:.0f}", subset=["test windows"]), width="stretch")
@@ -90,6 +100,7 @@ else:
     from tapcore.calibration import reliability_frame
 
     calib = json.loads(calib_path.read_text())
+    show_verdict(calibration_verdict(calib))
     mode = st.radio("Diagram", ["top", "positive"], horizontal=True, key="eval_rel_mode",
                     format_func={"top": "confidence of the predicted class", "positive": "event probability"}.get)
     st.write(
@@ -101,6 +112,10 @@ else:
            "to this movie's event frequency)." if calib.get("bias_fitted") and isinstance(calib.get("bias"), (int, float))
            else ".")
     )
+    st.caption("**T** (temperature) divides the model's raw scores before they become probabilities: T > 1 "
+               "tones down an over-confident model, T = 1 changes nothing, and it never changes which answer "
+               "wins. **b** (bias) is added to the event score afterwards: b < 0 makes events rarer, as they "
+               "are in a real movie.")
     cols = st.columns(2)
     for col, tag, title in ((cols[0], "before", "Before calibration"), (cols[1], "after", "After calibration")):
         data = (calib.get(f"reliability_{tag}") or {}).get(mode)

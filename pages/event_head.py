@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from pages._ui import (page_setup, dataset_picker, live_job, load_masks, model_picker, per_class_table, submit_job,
-                       workspace)
+from pages._ui import (finished_banner, page_setup, dataset_picker, live_job, load_masks, model_picker, per_class_table,
+                       submit_job, workspace)
 from tapcore.estimate import estimate_head, worker_device
 from tapcore.workspace import home
 
@@ -130,7 +130,9 @@ if dataset is not None and tap_ref is not None:
                                 help="Random windows sampled from each pair of consecutive frames (paper: 1000).")
         criterion = c5.selectbox("Labelling rule", list(CRITERIA), format_func=CRITERIA.get, key="head_criterion")
         min_area = c6.number_input("N: minimum event pixels", 0, 10000, key="head_min_area",
-                                   help="Only for the first labelling rule (paper: 40).")
+                                   help="A window counts as an event only when more than N of its pixels are "
+                                        "marked in the masks, so a sliver of a cell at the window's edge is not "
+                                        "an event. Only for the first labelling rule (paper: 40).")
         c7, c8 = st.columns(2)
         seed = c7.number_input("Random seed", 0, 1_000_000, 0, key="head_seed",
                                help="Same seed + same data = same result.")
@@ -156,6 +158,7 @@ job = live_job("head_job", ("train_head",))
 if job is None:
     st.caption("No event-head training yet.")
 elif job.state == "done":
+    finished_banner(job, "Training finished.")
     model_dir = job.run_dir / "model"
     metrics_path = model_dir / "metrics.json"
     if metrics_path.is_file():

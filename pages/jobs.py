@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from pages._ui import page_setup, STATE_WORDS, job_queue, show_log, show_progress
+from pages._ui import finished_banner, page_setup, STATE_WORDS, job_queue, show_log, show_progress, state_words
 from tapcore.jobs.queue import ACTIVE_STATES
 
 page_setup()
@@ -31,7 +31,7 @@ def queue_view() -> None:
     rows = []
     for j in jobs:
         r = j.as_row()
-        r["state"] = STATE_WORDS.get(j.state, j.state)
+        r["state"] = state_words(j)  # "finished, but TAP features at chance" for a useless model
         rows.append(r)
     df = pd.DataFrame(rows).rename(columns={"progress": "progress (%)", "created": "submitted (UTC)",
                                             "started": "started (UTC)", "ended": "ended (UTC)"})
@@ -51,6 +51,8 @@ if jobs:
     st.query_params["job"] = job_id
     job = q.get(job_id)
     show_progress(job)
+    if job.state == "done":
+        finished_banner(job, "Finished.")
     with st.expander("Job spec"):
         st.json(job.spec)
     show_log(job, expanded=job.state == "failed")

@@ -11,7 +11,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages._ui import (page_setup, EVENT_COLORS, dataset_picker, display_stride, frame_figure, job_queue, live_job, load_movie,
-                       model_picker, submit_job, workspace)
+                       model_picker, show_verdict, submit_job, workspace)
+from tapcore.verdicts import Verdict, bundle_verdicts, prediction_shift_verdict, worst
 from tapcore.workspace import DEMO_DATASET_ID
 
 page_setup()
@@ -20,6 +21,8 @@ page_setup()
 DIRECT_LIMIT_PX = 8_000_000
 # Events are listed down to this probability; the threshold slider filters from there.
 LIST_FLOOR = 0.05
+# Marker colours per event class (events.csv "class"): division orange, death red, generic event cyan.
+CLASS_COLORS = {"division": EVENT_COLORS[1], "death": EVENT_COLORS[2], "event": "#00e5ff"}
 
 st.title("Predict")
 st.write(
@@ -131,16 +134,65 @@ else:
 prob_maps, events, per_frame_all, pred_record = result
 movie = load_movie(dataset)
 
+# -- can these events be trusted? ---------------------------------------------------------------
+model_verdict = worst(bundle_verdicts(model_path))
+if pred_record.get("verdicts"):
+    shift_verdict = worst(Verdict.from_dict(v) for v in pred_record["verdicts"])
+else:  # a prediction written before movies were compared with the training movie
+    manifest = json.loads((model_path / "manifest.json").read_text()) if (model_path / "manifest.json").is_file() else {}
+    shift_verdict = prediction_shift_verdict(manifest, movie)
+show_verdict(model_verdict)
+show_verdict(shift_verdict)
+
+# -- annotated events of this movie, when it has any: the prediction checks itself ---------------
+TRUTH_HELP = ("Matched one-to-one: a detected event counts as found when an annotated event lies within "
+              "{radius:g} px and 1 frame of it.")
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def load_truth(dataset_dir: str, stamp: str):  # noqa: ARG001 (stamp: cache key)
+    """The dataset's annotated events: its event table (synthetic / CTC lineage) when it has one, else
+    the events in its masks; read by the same function as ``tapcore evaluate-events``."""
+    from tapcore.evaluate import load_truth as _load
+
+    folder = Path(dataset_dir)
+    if (folder / "events.csv").is_file():
+        table, _ = _load(table=folder / "events.csv")
+        return table, "--truth", str(folder / "events.csv"), "its event table"
+    table, _ = _load(masks=folder / "masks.tif")
+    return table, "--masks", str(folder / "masks.tif"), "its event masks"
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def pr_curve(pred_dir: str, stamp: float, truth: pd.DataFrame, thresholds: tuple[float, ...]) -> pd.DataFrame:  # noqa: ARG001
+    from tapcore.evaluate import threshold_curve
+
+    return threshold_curve(pd.read_csv(Path(pred_dir) / "events.csv"), truth, list(thresholds))
+
+
+truth = None
+if dataset.has_masks or (dataset.path / "events.csv").is_file():
+    try:
+        truth, truth_flag, truth_file, truth_words = load_truth(str(dataset.path), dataset.sha256 + str(
+            dataset.meta.get("masks_sha256")))
+    except ValueError as exc:
+        st.warning(f"The annotation of this movie cannot be read, so the events are not checked: {exc}")
+
 st.header("Heatmap viewer")
 left, right = st.columns([3, 1])
 with right:
     pair = st.slider("Frame pair (t → t+1)", 0, prob_maps.shape[0] - 1, 0, key="pred_frame",
                      help="The heatmap for frame t covers the change from frame t to frame t+1.")
     threshold = st.slider("Threshold (event probability)", LIST_FLOOR, 0.99, 0.5, step=0.01, key="pred_threshold",
-                          help="Events with a probability at or above this are counted and marked. Higher = fewer "
-                               "false alarms, more missed events.")
-    show_heat = st.checkbox("Show heatmap", value=True, key="pred_show_heat")
-    opacity = st.slider("Heatmap opacity", 0.1, 1.0, 0.5, key="pred_opacity")
+                          help="Events with a probability at or above this are counted and marked, and the heatmap "
+                               "shows only places at or above it. Higher = fewer false alarms, more missed events. "
+                               "The trade-off curve below the viewer shows what each threshold gives.")
+    show_heat = st.checkbox("Show heatmap", value=True, key="pred_show_heat",
+                            help="Colours the places whose event probability is at least the threshold; below it "
+                                 "the movie shows through unchanged.")
+    opacity = st.slider("Heatmap opacity", 0.1, 1.0, 0.6, key="pred_opacity")
+    show_truth = truth is not None and st.checkbox("Show annotated events", value=True, key="pred_show_truth",
+                                                   help="Squares: the events marked in this movie's annotation.")
     kept = events[events["probability"] >= threshold]
     here = kept[kept["frame"] == pair]
     st.metric("Events at this threshold", len(kept))
@@ -151,24 +203,86 @@ with left:
     fig = frame_figure(movie[pair], stride=stride, title=f"{dataset.name}: frame {pair} → {pair + 1}")
     if show_heat:
         hm = prob_maps[pair][::stride, ::stride]
-        # transparent where events are unlikely, then yellow -> red, more opaque with probability
-        a = float(opacity)
-        scale = [[0.0, "rgba(255,255,0,0)"], [0.1, f"rgba(255,255,0,{0.15 * a:.3f})"],
-                 [0.5, f"rgba(255,140,0,{0.6 * a:.3f})"], [1.0, f"rgba(220,0,0,{a:.3f})"]]
+        # transparent below the threshold: only the places that count as events are coloured
+        shown = np.where(hm >= threshold, hm, np.nan)
         fig.add_trace(go.Heatmap(
-            z=hm, x=np.arange(hm.shape[1]) * stride, y=np.arange(hm.shape[0]) * stride, zmin=0, zmax=1,
-            colorscale=scale, colorbar=dict(title="event<br>probability", len=0.8),
+            z=shown, x=np.arange(hm.shape[1]) * stride, y=np.arange(hm.shape[0]) * stride, zmin=threshold, zmax=1.0,
+            colorscale="YlOrRd", opacity=float(opacity), name="event probability",
+            colorbar=dict(title=dict(text=f"event<br>probability<br>(shown ≥ {threshold:.2f})"), len=0.8, x=1.02),
             hovertemplate="x=%{x} y=%{y}<br>p=%{z:.2f}<extra></extra>"))
-    if len(here):
-        classes = here["class"].astype(str)
+    if show_truth:
+        first = truth["frame"].to_numpy()
+        last = truth["last_frame"].to_numpy() if "last_frame" in truth.columns else first
+        near = truth[(first <= pair + 1) & (last >= pair)]  # annotated events spanning frame t or t+1
+        if "role" in near.columns:
+            near = near[near["role"] == "parent"]
+        kinds = near["kind"].astype(str) if "kind" in near.columns else pd.Series("event", index=near.index)
+        for kind in sorted(set(kinds)):
+            sub = near[kinds == kind]
+            color = {"division": EVENT_COLORS[1], "death": EVENT_COLORS[2]}.get(kind, "#00e5ff")
+            fig.add_trace(go.Scatter(x=sub["x"], y=sub["y"], mode="markers", name=f"{kind} (annotated)",
+                                     marker=dict(symbol="square-open", size=30, color=color, line=dict(width=2)),
+                                     hovertemplate=f"annotated {kind}<br>x=%{{x:.0f}} y=%{{y:.0f}}<extra></extra>"))
+    for cls in sorted(set(here["class"].astype(str))):
+        sub = here[here["class"].astype(str) == cls]
+        color = CLASS_COLORS.get(cls, "#00e5ff")
         fig.add_trace(go.Scatter(
-            x=here["x"], y=here["y"], mode="markers+text", name="detected event",
-            marker=dict(symbol="circle-open", size=26, color="#00e5ff", line=dict(width=3)),
-            text=[f"{p:.2f}" for p in here["probability"]], textposition="top center",
-            textfont=dict(color="#00e5ff"), customdata=classes,
-            hovertemplate="%{customdata}<br>p=%{text}<br>x=%{x:.0f} y=%{y:.0f}<extra></extra>"))
-    fig.update_layout(showlegend=False)
+            x=sub["x"], y=sub["y"], mode="markers+text", name=f"{cls} (detected)",
+            marker=dict(symbol="circle-open", size=26, color=color, line=dict(width=3)),
+            text=[f"{p:.2f}" for p in sub["probability"]], textposition="top center",
+            textfont=dict(color=color),
+            hovertemplate=f"detected {cls}<br>p=%{{text}}<br>x=%{{x:.0f}} y=%{{y:.0f}}<extra></extra>"))
+    fig.update_layout(showlegend=True, legend=dict(orientation="h", y=-0.12, x=0))
     st.plotly_chart(fig, width="stretch", key="pred_fig")
+    st.caption("Circles: events detected at this threshold (number: probability). Colours: orange division, "
+               "red death, cyan 'event' for models that do not tell them apart.")
+
+# -- the threshold: what each choice gives ------------------------------------------------------
+st.subheader("Threshold: precision and recall")
+thresholds = tuple(float(t) for t in np.round(np.arange(LIST_FLOOR, 0.99 + 1e-9, 0.01), 2))
+curve_fig = go.Figure()
+if truth is not None:
+    from tapcore.evaluate import DEFAULT_RADIUS, match_events
+
+    check = match_events(kept, truth, radius=DEFAULT_RADIUS, frame_tolerance=1)
+    c1, c2, c3, c4 = st.columns(4)
+    fmt = lambda x: "-" if x != x else f"{x:.2f}"  # noqa: E731  (NaN -> "-")
+    c1.metric("Precision", fmt(check.precision), help="Of the detected events, the share that match an annotated one.")
+    c2.metric("Recall", fmt(check.recall), help="Of the annotated events, the share that were detected.")
+    c3.metric("F1", fmt(check.f1), help="One number for both: 2·precision·recall / (precision + recall).")
+    c4.metric("Found / false alarms / missed", f"{check.tp} / {check.fp} / {check.fn}")
+    verdict_f1 = check.f1 if check.f1 == check.f1 else 0.0
+    st.caption(f"Checked against {truth_words} ({check.tp + check.fn} annotated events) at threshold "
+               f"{threshold:.2f}. " + TRUTH_HELP.format(radius=DEFAULT_RADIUS) + " The same numbers come from "
+               f"`tapcore evaluate-events {dataset.id}_events.csv {truth_flag} {truth_file}` on the events "
+               "downloaded below.")
+    if check.tp + check.fp > 0 and check.precision < 0.5:
+        st.warning(f"Most detections at this threshold are false alarms ({check.fp} of {check.tp + check.fp}). "
+                   "Raise the threshold (see the curve), or train the event head better before counting events.")
+    curve = pr_curve(str(pred_dir), float((pred_dir / "events.csv").stat().st_mtime), truth, thresholds)
+    for col, name, color in (("precision", "precision", "#1f77b4"), ("recall", "recall", "#ff7f0e"),
+                             ("f1", "F1", "#2ca02c")):
+        curve_fig.add_trace(go.Scatter(x=curve["threshold"], y=curve[col], mode="lines", name=name,
+                                       line=dict(color=color)))
+    curve_fig.update_layout(yaxis_title="score (measured against the annotation)")
+else:
+    probs = events["probability"].to_numpy()
+    counts_t = [(probs >= t).sum() for t in thresholds]
+    expected = [float(probs[probs >= t].mean()) if (probs >= t).any() else np.nan for t in thresholds]
+    curve_fig.add_trace(go.Scatter(x=thresholds, y=expected, mode="lines", name="expected precision"))
+    curve_fig.add_trace(go.Scatter(x=thresholds, y=counts_t, mode="lines", name="events", yaxis="y2",
+                                   line=dict(dash="dot")))
+    curve_fig.update_layout(yaxis_title="expected precision", yaxis2=dict(title="events", overlaying="y",
+                                                                          side="right", rangemode="tozero"))
+    st.caption("This movie has no annotation, so precision and recall cannot be measured. The curve shows how "
+               "many events each threshold keeps and the precision their calibrated probabilities promise "
+               "(their mean) - trustworthy only when the model is calibrated and the movie resembles its "
+               "training movie.")
+curve_fig.add_vline(x=threshold, line=dict(color="gray", dash="dash"), annotation_text=f"threshold {threshold:.2f}")
+curve_fig.update_layout(xaxis=dict(title="threshold (event probability)", range=[0, 1]),
+                        yaxis=dict(range=[0, 1.02]), height=300, margin=dict(l=10, r=10, t=30, b=40),
+                        legend=dict(orientation="h", y=-0.3))
+st.plotly_chart(curve_fig, width="stretch", key="pred_pr_curve")
 
 st.subheader("Events per frame")
 if not len(kept):
@@ -176,9 +290,20 @@ if not len(kept):
 counts = kept.groupby("frame").size().reindex(range(prob_maps.shape[0]), fill_value=0)
 per_frame = per_frame_all.copy()
 per_frame["n_events"] = per_frame["frame"].map(counts).fillna(0).astype(int)  # at the chosen threshold
-bar = go.Figure(go.Bar(x=counts.index, y=counts.values, marker_color=EVENT_COLORS[1]))
-bar.update_layout(xaxis_title="frame t (event between t and t+1)", yaxis_title="events", height=250,
-                  margin=dict(l=10, r=10, t=10, b=40))
+bar = go.Figure()
+frames_index = list(range(prob_maps.shape[0]))
+for cls in sorted(set(kept["class"].astype(str))):
+    by_frame = kept[kept["class"].astype(str) == cls].groupby("frame").size().reindex(frames_index, fill_value=0)
+    bar.add_trace(go.Bar(x=frames_index, y=by_frame.values, name=f"{cls} (detected)",
+                         marker_color=CLASS_COLORS.get(cls, "#00e5ff")))
+if truth is not None:
+    t_first = truth[truth["role"] == "parent"] if "role" in truth.columns else truth
+    t_counts = t_first.groupby("frame").size().reindex(frames_index, fill_value=0)
+    bar.add_trace(go.Scatter(x=frames_index, y=t_counts.values, mode="lines+markers", name="annotated events",
+                             line=dict(color="black", dash="dot")))
+bar.add_vline(x=pair, line=dict(color="gray", dash="dash"))
+bar.update_layout(barmode="stack", xaxis_title="frame t (event between t and t+1)", yaxis_title="events",
+                  height=260, margin=dict(l=10, r=10, t=10, b=40), legend=dict(orientation="h", y=-0.35))
 st.plotly_chart(bar, width="stretch", key="pred_counts")
 
 st.subheader("Event table")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages._ui import page_setup, dataset_picker, live_job, submit_job, workspace
+from pages._ui import finished_banner, page_setup, dataset_picker, live_job, submit_job, workspace
 from tapcore.config import config_to_dict
 from tapcore.estimate import estimate_pretrain, worker_device
 from tapcore.presets import PRESET_HELP, apply_preset as preset_config, default_preset
@@ -138,8 +138,8 @@ job = live_job("pre_job", ("pretrain",))
 if job is None:
     st.caption("No pretraining yet.")
 elif job.state == "done":
-    st.success("Pretraining finished. Use these features on the **Event head** page "
-               f"(listed as '{job.id} (TAP features; run)').")
+    finished_banner(job, "Pretraining finished. Use these features on the **Event head** page "
+                         f"(listed as '{job.id} (TAP features; run)').")
     name = st.text_input("Keep these features as", value=f"tap-{job.id[:15]}", key="pre_keep_name")
     if st.button("Keep model", key="pre_keep"):
         try:

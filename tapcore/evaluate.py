@@ -414,3 +414,48 @@ def read_events_csv(path: str | os.PathLike) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not a readable CSV ({exc}); expected columns frame, y, x") from exc
     return _check_table(f"{path}", table)
+
+
+def load_truth(*, masks: str | os.PathLike | None = None, ctc: str | os.PathLike | None = None,
+               table: str | os.PathLike | None = None, sequence: str | None = "01",
+               link_radius: float = DEFAULT_LINK_RADIUS) -> tuple[pd.DataFrame, str]:
+    """Annotated events from exactly one source, and a description of it.
+
+    ``masks``: an event-mask TIFF (:func:`events_from_masks`); ``ctc``: a Cell Tracking Challenge
+    folder (:func:`events_from_ctc`); ``table``: an events CSV (``frame, y, x[, last_frame]``).
+    ``tapcore evaluate-events``, ``tapcore predict`` and the app's Predict page all take their truth
+    from here, so the same files give the same numbers everywhere.
+    """
+    given = [name for name, v in (("masks", masks), ("ctc", ctc), ("table", table)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one source of annotated events (masks, CTC folder or events table), "
+                         f"got {', '.join(given) or 'none'}")
+    if masks is not None:
+        from tapcore.io import read_masks
+
+        return events_from_masks(read_masks(masks), link_radius=link_radius), f"masks {masks}"
+    if ctc is not None:
+        return events_from_ctc(ctc, sequence=sequence), f"CTC lineage {ctc}"
+    return read_events_csv(table), f"event table {table}"
+
+
+def threshold_curve(pred_events: pd.DataFrame, true_events: pd.DataFrame, thresholds: Any,
+                    radius: float = DEFAULT_RADIUS, frame_tolerance: int = 1) -> pd.DataFrame:
+    """Precision, recall and F1 of the predictions kept at each probability threshold.
+
+    A prediction is kept at threshold ``t`` when its ``probability`` is at least ``t`` (as the app's
+    slider and ``tapcore predict --threshold`` do); each row is :func:`match_events` on those.
+
+    Returns:
+        DataFrame with columns ``threshold, n_pred, tp, fp, fn, precision, recall, f1``.
+    """
+    _check_table("predicted events", pred_events)
+    if "probability" not in pred_events.columns:
+        raise ValueError("predicted events need a probability column to sweep thresholds")
+    prob = pred_events["probability"].to_numpy(np.float64)
+    rows = []
+    for t in np.asarray(thresholds, dtype=np.float64):
+        m = match_events(pred_events[prob >= t], true_events, radius=radius, frame_tolerance=frame_tolerance)
+        rows.append({"threshold": float(t), "n_pred": m.tp + m.fp, "tp": m.tp, "fp": m.fp, "fn": m.fn,
+                     "precision": m.precision, "recall": m.recall, "f1": m.f1})
+    return pd.DataFrame(rows, columns=["threshold", "n_pred", "tp", "fp", "fn", "precision", "recall", "f1"])

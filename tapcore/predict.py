@@ -67,7 +67,9 @@ Outputs (:func:`write_prediction`), all frames are 0-based indices of the movie 
     float32 ``(T-1, Y, X)``: page t is ``P_t``.
 ``prediction.json``
     the run record: config, model id and path, calibration used, movie shape and sha256, timing,
-    versions and device.
+    versions and device; ``data_stats`` (:func:`tapcore.verdicts.movie_statistics` of the movie) and
+    ``verdicts`` (whether the movie resembles the model's training movie,
+    :func:`tapcore.verdicts.data_shift_verdict`).
 """
 
 from __future__ import annotations
@@ -600,6 +602,12 @@ def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], 
                             "probability": np.float64})
     per_frame = pd.DataFrame(summary, columns=PER_FRAME_COLUMNS).astype(
         {"frame": np.int64, "next_frame": np.int64, "n_events": np.int64})
+    movie_sha = sha256_array(movie)
+    from tapcore.verdicts import data_shift_verdict, movie_statistics
+
+    stats = movie_statistics(movie)
+    shift = data_shift_verdict(manifest.get("data_stats"), stats,
+                               same_movie=bool(manifest) and movie_sha == manifest.get("movie_sha256"))
     record = {
         "model_id": model_id,
         "model_path": bundle_path,
@@ -613,9 +621,11 @@ def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], 
         "normalize": {"pmin": pmin, "pmax": pmax},
         "movie_shape": list(movie.shape),
         "movie_dtype": str(movie.dtype),
-        "movie_sha256": sha256_array(movie),
+        "movie_sha256": movie_sha,
         "bin": int(b),
         "binned_shape": list(binned_shape(movie.shape, b)),
+        "data_stats": stats,
+        "verdicts": [shift.to_dict()],  # is the movie like the model's training movie? (tapcore.verdicts)
         "method": predictor.method,
         "n_pairs": n_pairs,
         "n_events": len(events),

@@ -252,7 +252,18 @@ def test_pretrain_page_submits_a_job_that_finishes_with_curves(home):
     titles = " ".join(c.proto.spec for c in at.get("plotly_chart"))
     for title in ("Loss", "Decorrelation loss", "Accuracy"):  # the three live curves
         assert f'"text":"{title}"' in titles
-    assert any("Pretraining finished" in s.value for s in at.success)
+    assert "chance (guessing)" in titles and "guessing (0.693)" in titles  # what a model that learned nothing gets
+    # the job's verdict (stored by the worker) is the one the library gives its bundle, and the page shows it
+    from tapcore.verdicts import bundle_verdicts, stored_job_verdict, worst
+
+    verdict = stored_job_verdict(job.run_dir)
+    assert verdict == worst(bundle_verdicts(job.run_dir / "model")) and verdict.subject == "TAP features"
+    if verdict.level == "ok":
+        assert any("Pretraining finished" in s.value for s in at.success)
+    else:  # a two-epoch run on 16 pairs per epoch usually ends at chance: never a green "finished"
+        assert not any("Pretraining finished" in s.value for s in at.success)
+        shown = [w.value for w in at.warning] + [e.value for e in at.error]
+        assert any(verdict.title in v for v in shown)
 
 
 def test_explain_page_gradcam_gallery(trained_home, monkeypatch):
@@ -288,3 +299,79 @@ def test_app_opens_on_predictions_of_the_shipped_demo_model(home):
     events = at.dataframe[0].value
     assert len(events) > 0 and set(events["class"]) <= {"division", "death"}
     assert events["model_id"].str.startswith("event_head-").all()
+
+
+def _parse_cli_check(text: str) -> dict[str, str]:
+    """precision / recall / F1 and counts from `tapcore evaluate-events` output."""
+    import re
+
+    m = re.search(r"precision (\S+)\s+recall (\S+)\s+F1 (\S+)\s+\(TP (\d+), false alarms (\d+), misses (\d+)", text)
+    assert m, text
+    return dict(zip(("precision", "recall", "f1", "tp", "fp", "fn"), m.groups()))
+
+
+def test_predict_page_checks_itself_with_the_numbers_of_evaluate_events(trained_home, monkeypatch, capsys, tmp_path):
+    """A movie with annotation: the page's precision / recall / F1 at the chosen threshold are those of
+    `tapcore evaluate-events` on the downloaded events and the dataset's own files."""
+    from tapcore.cli import main
+
+    monkeypatch.setenv("TAPCORE_HOME", str(trained_home))
+    monkeypatch.setattr("tapcore.jobs.worker.ensure_worker", lambda *a, **k: None)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["pred_model"] = "saved:head"
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    metric = lambda label: next(m.value for m in at.metric if m.label == label)  # noqa: E731
+    for threshold in (0.3, 0.7):
+        at.slider(key="pred_threshold").set_value(threshold).run()
+        assert not at.exception
+        kept = at.dataframe[0].value  # the event table = the "Events (CSV)" download
+        csv = tmp_path / f"events_{threshold}.csv"
+        kept.to_csv(csv, index=False)
+        capsys.readouterr()
+        assert main(["evaluate-events", str(csv), "--truth", str(trained_home / "datasets" / "demo" / "events.csv")]) == 0
+        cli = _parse_cli_check(capsys.readouterr().out)
+        tp, fp, fn = (int(v) for v in metric("Found / false alarms / missed").split(" / "))
+        assert (tp, fp, fn) == (int(cli["tp"]), int(cli["fp"]), int(cli["fn"]))
+        for label, key in (("Precision", "precision"), ("Recall", "recall"), ("F1", "f1")):
+            page = metric(label)
+            assert page == ("-" if cli[key] == "n/a" else f"{float(cli[key]):.2f}")
+        caption = next(c.value for c in at.caption if "tapcore evaluate-events" in c.value)
+        assert "--truth" in caption and "events.csv" in caption
+    # the trade-off curve: precision, recall and F1 against the threshold, with the chosen one marked
+    spec = next(c.proto.spec for c in at.get("plotly_chart") if "threshold (event probability)" in c.proto.spec)
+    assert '"name":"precision"' in spec and '"name":"recall"' in spec and "threshold 0.70" in spec
+
+
+def test_predict_page_warns_on_a_movie_unlike_the_training_movie(trained_home, monkeypatch, tmp_path):
+    """The small demo's model on a movie of large, fast-moving blobs without annotation: a caution,
+    the heatmap only above the threshold with a colour bar, and the expected-precision curve."""
+    import shutil
+
+    home = tmp_path / "workspace"
+    shutil.copytree(trained_home / "models" / "head", home / "models" / "head")
+    monkeypatch.setenv("TAPCORE_HOME", str(home))
+    monkeypatch.setattr("tapcore.jobs.worker.ensure_worker", lambda *a, **k: None)
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:96, :96]
+    frames = []
+    for t in range(6):
+        f = np.zeros((96, 96))
+        for cy, cx in ((30, 20), (60, 70), (20, 80)):
+            f += np.exp(-((yy - cy - 6 * t) ** 2 + (xx - cx + 5 * t) ** 2) / (2 * 14.0 ** 2))
+        frames.append(200 + 3000 * f + rng.normal(0, 20, f.shape))
+    Workspace(home).add_array(np.clip(frames, 0, 65535).astype(np.uint16), name="blobs", source="test",
+                              dataset_id="blobs")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["pred_model"] = "saved:head"
+    at.query_params["pred_dataset"] = "blobs"
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    shown = [w.value for w in at.warning] + [e.value for e in at.error]
+    assert any("unlike the training movie" in v and "times larger" in v for v in shown), shown
+    assert at.checkbox(key="pred_show_heat").value is True
+    assert not any(c.key == "pred_show_truth" for c in at.checkbox)  # no annotation, no annotated events
+    viewer = next(c.proto.spec for c in at.get("plotly_chart") if "event probability" in c.proto.spec)
+    assert "shown \\u2265 0.50" in viewer and '"zmin":0.5' in viewer  # transparent below the threshold, colour bar
+    curve = next(c.proto.spec for c in at.get("plotly_chart") if "threshold (event probability)" in c.proto.spec)
+    assert '"name":"expected precision"' in curve

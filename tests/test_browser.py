@@ -7,6 +7,7 @@ events CSV. Screenshots of every page go to ``test-artifacts/browser/``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -17,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,9 +38,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("browser") / "workspace"
+@contextlib.contextmanager
+def _serve(home: Path):
+    """``streamlit run app.py`` on a free port with its own workspace; yields its URL."""
+    home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     env = {**os.environ, "TAPCORE_HOME": str(home), "TAPCORE_WORKER_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
     log = open(home.parent / "streamlit.log", "w")
@@ -48,30 +51,39 @@ def app_server(tmp_path_factory):
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            log.flush()
-            raise RuntimeError("streamlit did not start:\n" + (home.parent / "streamlit.log").read_text())
-        time.sleep(0.3)
-    yield url, home
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=20)
-    # the app started a detached worker for this workspace: stop it (by its recorded pid)
-    spawn = home / "worker.spawn"
-    if spawn.exists():
-        pid = int(spawn.read_text().split()[0])
-        try:
-            os.kill(pid, 15)
-        except ProcessLookupError:
-            pass
-    log.close()
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                log.flush()
+                raise RuntimeError("streamlit did not start:\n" + (home.parent / "streamlit.log").read_text())
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=20)
+        # the app started a detached worker for this workspace: stop it (by its recorded pid)
+        spawn = home / "worker.spawn"
+        if spawn.exists():
+            pid = int(spawn.read_text().split()[0])
+            try:
+                os.kill(pid, 15)
+            except ProcessLookupError:
+                pass
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("browser") / "workspace"
+    with _serve(home) as url:
+        yield url, home
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +143,29 @@ def _query(page) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
 
 
+PAGE_TITLES = {"evaluate": "Evaluate", "explain": "Explain", "jobs": "Jobs", "pretrain": "Pretrain",
+               "event_head": "Event head", "data": "Data", "predict": "Predict"}
+
+
+def test_deep_links_open_their_pages_on_a_fresh_server(tmp_path, browser):
+    """A link to any page (e.g. /predict), opened first thing on a freshly started server, shows that page."""
+    with _serve(tmp_path / "workspace") as url:
+        ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+        page = ctx.new_page()
+        try:
+            for path, title in PAGE_TITLES.items():
+                _goto(page, url, path, timeout=180)
+                page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=60_000)
+                headings = [h.inner_text().strip() for h in page.query_selector_all("h1")]
+                assert headings[:1] == [title], (path, headings)
+                assert "not found" not in page.inner_text("body").lower(), path
+        except BaseException:
+            _shot(page, "deep-link-failure")
+            raise
+        finally:
+            ctx.close()
+
+
 def test_workflow_in_a_real_browser(app_server, browser):
     url, home = app_server
     ctx = browser.new_context(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
@@ -163,9 +198,18 @@ def _workflow(page, url: str, home: Path) -> None:
     page.get_by_role("button", name="Start pretraining").click()
     _wait_text(page, "queued. Progress appears below")
     pre_job = _query(page)["pre_job"]
-    _wait_text(page, "Pretraining finished", timeout=240_000)
+    _wait_text(page, "Keep these features as", timeout=240_000)  # shown once the job is done
     _settle(page)
     _shot(page, "2-pretrain")
+    from tapcore.verdicts import stored_job_verdict
+
+    verdict = stored_job_verdict(home / "runs" / pre_job)  # a quick run usually ends "at chance"
+    alert = {"ok": "stAlertContentSuccess", "warn": "stAlertContentWarning", "bad": "stAlertContentError"}
+    shown = page.get_by_test_id(alert[verdict.level]).all_inner_texts()
+    assert any(verdict.title in t for t in shown), (verdict, shown)
+    if verdict.level != "ok":
+        assert not any("Pretraining finished" in t for t in
+                       page.get_by_test_id("stAlertContentSuccess").all_inner_texts())
 
     # Event head: the features just trained, quick settings
     _goto(page, url, f"event_head?tap_model=run:{pre_job}")
@@ -176,6 +220,8 @@ def _workflow(page, url: str, home: Path) -> None:
     _wait_text(page, "Result on the held-out test windows", timeout=300_000)
     _settle(page)
     _shot(page, "3-event-head")
+    verdict = stored_job_verdict(home / "runs" / head_job)
+    assert any(verdict.title in t for t in page.get_by_test_id(alert[verdict.level]).all_inner_texts())
 
     _goto(page, url, f"evaluate?eval_model=run:{head_job}")
     _wait_text(page, "After calibration: ECE")
@@ -209,10 +255,22 @@ def _workflow(page, url: str, home: Path) -> None:
     assert rows and set(rows[0]) == {"frame", "next_frame", "y", "x", "probability", "class", "model_id"}
     assert all(float(r["probability"]) >= 0.05 for r in rows)  # the threshold set above
     assert all(0 <= int(r["frame"]) < 47 and int(r["next_frame"]) == int(r["frame"]) + 1 for r in rows)
+    # the page checks the events against the demo's annotation: the numbers of `tapcore evaluate-events`
+    from tapcore.evaluate import load_truth, match_events
+
+    truth, _ = load_truth(table=home / "datasets" / "demo" / "events.csv")
+    expected = match_events(pd.read_csv(dl.value.path()), truth)
+    f1_shown = page.get_by_test_id("stMetric").filter(has_text="F1").get_by_test_id("stMetricValue").inner_text()
+    assert f1_shown == ("-" if expected.f1 != expected.f1 else f"{expected.f1:.2f}")
+    counts = (page.get_by_test_id("stMetric").filter(has_text="Found / false alarms / missed")
+              .get_by_test_id("stMetricValue").inner_text())
+    assert counts == f"{expected.tp} / {expected.fp} / {expected.fn}"
+    _wait_text(page, "Threshold: precision and recall")
 
     _goto(page, url, f"jobs?job={head_job}")
     _wait_text(page, "One job")
-    _wait_text(page, "Finished ·")  # the progress bar of the selected job
+    # the progress bar of the selected job ("Finished, but ..." for a weak head)
+    page.get_by_test_id("stProgress").filter(has_text="Finished").first.wait_for(timeout=60_000)
     _shot(page, "7-jobs")
     from tapcore.jobs.queue import JobQueue
 

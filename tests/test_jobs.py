@@ -180,8 +180,16 @@ def test_two_jobs_finish_in_order_and_survive_a_restart(tmp_path):
         assert (job.run_dir / "model" / "config.json").is_file()
         records = read_metrics(job.run_dir / "metrics.jsonl")
         assert records[-1]["kind"] == "done" and any(r.get("train_loss") is not None for r in records)
-        assert json.loads((job.run_dir / "state.json").read_text())["state"] == "done"
-        assert json.loads((job.run_dir / "result.json").read_text()) == {"ok": True, "outputs": {"model": "model"}}
+        state = json.loads((job.run_dir / "state.json").read_text())
+        result = json.loads((job.run_dir / "result.json").read_text())
+        assert state["state"] == "done"
+        assert (result["ok"], result["outputs"]) == (True, {"model": "model"})
+        # the verdict on the model (tapcore.verdicts) is stored with the result and the state
+        from tapcore.verdicts import bundle_verdicts
+
+        verdicts = bundle_verdicts(job.run_dir / "model")
+        assert result["verdicts"] == [v.to_dict() for v in verdicts] and verdicts[0].subject == "TAP features"
+        assert result["verdict"] == state["verdict"] == verdicts[0].to_dict()
     refs = [m.ref for m in Workspace(home).list_models(kind="tap")]
     assert f"run:{first}" in refs and f"run:{second}" in refs
 

@@ -129,18 +129,10 @@ def _cmd_import_ctc(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate_events(args: argparse.Namespace) -> int:
     from tapcore import evaluate
-    from tapcore.io import read_masks
 
     pred = evaluate.read_events_csv(args.events)
-    if args.masks:
-        truth = evaluate.events_from_masks(read_masks(args.masks), link_radius=args.link_radius)
-        truth_source = f"masks {args.masks}"
-    elif args.ctc:
-        truth = evaluate.events_from_ctc(args.ctc, sequence=args.sequence)
-        truth_source = f"CTC lineage {args.ctc}"
-    else:
-        truth = evaluate.read_events_csv(args.truth)
-        truth_source = f"event table {args.truth}"
+    truth, truth_source = evaluate.load_truth(masks=args.masks, ctc=args.ctc, table=args.truth,
+                                              sequence=args.sequence, link_radius=args.link_radius)
     result = evaluate.match_events(pred, truth, radius=args.radius, frame_tolerance=args.frame_tolerance,
                                    kind=args.kind, duplicates=args.duplicates)
     s = result.summary()

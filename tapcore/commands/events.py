@@ -102,6 +102,9 @@ def _cmd_train_head(args: argparse.Namespace) -> int:
     for k, name in enumerate(t["class_names"]):
         print(f"  class {k} ({name}): precision {t['precision'][k]:.3f} recall {t['recall'][k]:.3f}")
     print(f"head bundle: {Path(args.out).resolve()} (metrics.json, val_logits.npy for calibration)")
+    from tapcore.verdicts import head_verdict
+
+    print(head_verdict(t).line())  # can this head be trusted?
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 
 logger = logging.getLogger(__name__)
@@ -54,13 +55,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         overlap=args.overlap, batch=args.batch, device=args.device, amp=args.amp,
                         calibrate=not args.no_calibration, keep_maps=not args.no_maps,
                         num_threads=args.threads).validate()
+    from tapcore import evaluate
+    from tapcore.verdicts import Verdict, bundle_verdicts
+
+    truth = truth_source = None
+    if args.masks or args.truth or inp.source == "ctc":  # read before predicting: a bad file fails fast
+        truth, truth_source = evaluate.load_truth(
+            masks=args.masks, table=args.truth, ctc=args.movie if inp.source == "ctc" and not (args.masks or args.truth)
+            else None, sequence=inp.meta.get("sequence", "01"))
     t0 = time.time()
     pred = predict_movie(inp.movie, args.model, cfg, progress=_log_progress)
     pred.record["input"] = inp.meta
+    check = None
+    if truth is not None:  # the prediction checks itself against the annotation it was given
+        check = evaluate.match_events(pred.events, truth, radius=args.radius, frame_tolerance=args.frame_tolerance)
+        pred.record["check"] = {"truth": truth_source, **check.summary()}
     paths = write_prediction(pred, args.out)
-    print(json.dumps({"events": len(pred.events), "frames": int(inp.movie.shape[0]),
-                      "seconds": round(time.time() - t0, 2), "frames_per_s": round(pred.record["frames_per_s"], 3),
-                      "files": {k: str(v) for k, v in paths.items()}}, indent=2))
+    verdicts = [*bundle_verdicts(args.model), *(Verdict.from_dict(v) for v in pred.record["verdicts"])]
+    out = {"events": len(pred.events), "frames": int(inp.movie.shape[0]),
+           "seconds": round(time.time() - t0, 2), "frames_per_s": round(pred.record["frames_per_s"], 3),
+           "files": {k: str(v) for k, v in paths.items()}}
+    if check is not None:
+        out["check"] = pred.record["check"]
+    out["verdicts"] = [v.line() for v in verdicts]
+    print(json.dumps(out, indent=2))  # stdout stays one JSON document; the same lines go to stderr for people
+    if check is not None:
+        s = check.summary()
+        fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+        print(f"check against {truth_source} ({s['n_true']} events) at threshold {cfg.threshold:g}: precision "
+              f"{fmt(s['precision'])}  recall {fmt(s['recall'])}  F1 {fmt(s['f1'])}  (TP {s['tp']}, false alarms "
+              f"{s['fp']}, misses {s['fn']}; within {args.radius:g} px and +-{args.frame_tolerance} frame(s))",
+              file=sys.stderr)
+    for verdict in verdicts:
+        print(verdict.line(), file=sys.stderr)
     return 0
 
 
@@ -121,6 +148,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-calibration", action="store_true", help="ignore the bundle's calibration.json")
     p.add_argument("--no-maps", action="store_true", help="do not keep/write heatmaps.tif (events only)")
+    truth = p.add_mutually_exclusive_group()
+    truth.add_argument("--masks", default=None, help="event masks TIFF of the movie: also report precision, recall "
+                                                     "and F1 of the events against them (as tapcore evaluate-events)")
+    truth.add_argument("--truth", default=None, help="annotated events CSV (frame, y, x[, last_frame]) to check "
+                                                     "against instead; a CTC folder is checked against its lineage")
+    from tapcore.evaluate import DEFAULT_RADIUS
+
+    p.add_argument("--radius", type=float, default=DEFAULT_RADIUS,
+                   help="check: matching radius in px (default %(default)s)")
+    p.add_argument("--frame-tolerance", type=int, default=1, help="check: frames of tolerance (default %(default)s)")
     p.set_defaults(func=cmd_predict)
 
     e = ExplainConfig()

@@ -69,6 +69,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     final = result.metrics["final"]
     print(f"TAP bundle written to {result.out_dir} (val acc {final.get('val_acc', float('nan')):.3f} "
           f"after {result.metrics['epochs_done']} epochs)")
+    from tapcore.verdicts import bundle_verdicts
+
+    for verdict in bundle_verdicts(result.out_dir):  # can these features be trusted?
+        print(verdict.line())
     return 0
 
 

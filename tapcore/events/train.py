@@ -225,6 +225,7 @@ def _pr_arrays(pr: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
 def _manifest(movie: np.ndarray, masks: np.ndarray, cfg: HeadConfig, device: str, tap_bundle: Optional[str],
               extra: dict[str, Any]) -> dict[str, Any]:
     from tapcore.utils import environment_info, read_json, sha256_array
+    from tapcore.verdicts import movie_statistics
 
     tap_id = None
     if tap_bundle and (Path(tap_bundle) / "manifest.json").is_file():
@@ -237,6 +238,7 @@ def _manifest(movie: np.ndarray, masks: np.ndarray, cfg: HeadConfig, device: str
         "seed": int(cfg.seed),
         "dataset_seed": int(cfg.dataset.seed),
         "tap_bundle": str(tap_bundle) if tap_bundle else None,
+        "data_stats": movie_statistics(movie),  # compared with the movies the model is applied to
         **extra,
         **environment_info(device),
     }

@@ -371,8 +371,9 @@ class JobQueue:
         with self._tx() as con:
             con.execute("UPDATE jobs SET progress=? WHERE id=?", (float(min(max(fraction, 0.0), 1.0)), job_id))
 
-    def finish(self, job_id: str, state: str, error: str | None = None) -> None:
-        """Record a final state (done / failed / cancelled) and its error message."""
+    def finish(self, job_id: str, state: str, error: str | None = None, verdict: dict[str, Any] | None = None) -> None:
+        """Record a final state (done / failed / cancelled), its error message, and (done jobs) the
+        verdict on the result (``tapcore.verdicts``; kept in ``state.json``)."""
         if state not in FINAL_STATES:
             raise ValueError(f"final state must be one of {', '.join(FINAL_STATES)}, got {state!r}")
         with self._tx() as con:
@@ -381,7 +382,7 @@ class JobQueue:
                 "progress=CASE WHEN ?='done' THEN 1.0 ELSE progress END WHERE id=?",
                 (state, _now(), error, state, job_id),
             )
-        self._write_state(job_id, state, error=error)
+        self._write_state(job_id, state, error=error, verdict=verdict)
 
     def requeue(self, job_id: str, reason: str) -> None:
         """Put a running job back as ``interrupted`` (its worker is stopping); it resumes later."""

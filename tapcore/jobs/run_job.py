@@ -3,7 +3,8 @@
 Started by the worker in its own process group with stdout/stderr going to ``RUN_DIR/log.txt``.
 Reads ``spec.json``, calls the task registered for its kind (:mod:`tapcore.jobs.tasks`) with a
 progress callback that appends to ``metrics.jsonl``, and writes ``result.json``: ``{"ok": true,
-"outputs": {...}}`` or ``{"ok": false, "error": "..."}``. Exit status 0 on success, 1 on failure.
+"outputs": {...}, "verdicts": [...], "verdict": {...} | null}`` (whether the result can be trusted,
+:mod:`tapcore.verdicts`) or ``{"ok": false, "error": "..."}``. Exit status 0 on success, 1 on failure.
 """
 
 from __future__ import annotations
@@ -60,9 +61,30 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         atomic_write_json(run_dir / "result.json", {"ok": False, "error": error_message(exc)})
         return 1
-    atomic_write_json(run_dir / "result.json", {"ok": True, "outputs": outputs})
+    result = {"ok": True, "outputs": outputs, **judge(str(spec.get("kind")), run_dir, outputs)}
+    atomic_write_json(run_dir / "result.json", result)
     logger.info("job finished; outputs: %s", ", ".join(sorted(outputs)) if outputs else "none")
+    for v in result["verdicts"]:
+        logger.info("verdict: %s", v["level"] + " " + v["title"])
     return 0
+
+
+def judge(kind: str, run_dir: Path, outputs: dict) -> dict:
+    """``{"verdicts": [...], "verdict": worst or None}`` of a finished job (:mod:`tapcore.verdicts`).
+
+    A job whose model learned nothing still ends "done", but its verdict says so; the app shows it
+    amber or red instead of green.
+    """
+    from tapcore.verdicts import Verdict, job_verdicts, worst
+
+    try:
+        verdicts = job_verdicts(kind, run_dir, outputs)
+    except (ValueError, KeyError, TypeError, OSError) as exc:  # judging must not turn a finished job into a failed one
+        logger.exception("could not judge the result of this job")
+        verdicts = [Verdict("warn", "not judged", f"The result could not be checked ({exc}).",
+                            "Look at the curves and metrics yourself.", kind)]
+    overall = worst(verdicts)
+    return {"verdicts": [v.to_dict() for v in verdicts], "verdict": overall.to_dict() if overall else None}
 
 
 if __name__ == "__main__":

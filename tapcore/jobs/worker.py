@@ -157,7 +157,7 @@ class Worker:
             return "cancelled"
         result = read_json(result_path) if result_path.exists() else {}
         if rc == 0 and result.get("ok"):
-            self.queue.finish(job.id, "done")
+            self.queue.finish(job.id, "done", verdict=result.get("verdict"))
             logger.info("job %s done", job.id)
             return "done"
         error = result.get("error")

@@ -453,7 +453,10 @@ def pretrain(movie: np.ndarray, cfg: Optional[PretrainConfig] = None, out_dir: s
         "epochs_done": len(history),
         "train_time_s": train_time,
         "validation": val_desc,
+        "val_pairs": int(v_labels.shape[0]),
     }
+    from tapcore.verdicts import movie_statistics
+
     manifest = {
         "data_sha256": data_sha,
         "movie_shape": list(np.asarray(movie).shape),
@@ -463,6 +466,7 @@ def pretrain(movie: np.ndarray, cfg: Optional[PretrainConfig] = None, out_dir: s
         "seed": int(cfg.seed),
         "train_frames": list(train_frames),
         "validation": val_desc,
+        "data_stats": movie_statistics(np.asarray(movie)),  # compared with the movies the model meets later
         **environment_info(device),
     }
     config = {"model": config_to_dict(model.cfg), "pretrain": config_to_dict(cfg),
