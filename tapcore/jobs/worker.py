@@ -155,11 +155,18 @@ class Worker:
         if cancelled:
             self.queue.finish(job.id, "cancelled", "cancelled by the user")
             return "cancelled"
-        result = read_json(result_path) if result_path.exists() else {}
+        try:
+            result = read_json(result_path) if result_path.exists() else {}
+        except ValueError as exc:  # a result.json cut short: the job is not trusted to be done
+            result = {"ok": False, "error": str(exc)}
         if rc == 0 and result.get("ok"):
-            self.queue.finish(job.id, "done")
-            logger.info("job %s done", job.id)
-            return "done"
+            missing = [name for name, rel in (result.get("outputs") or {}).items() if not (run_dir / rel).exists()]
+            if not missing:
+                self.queue.finish(job.id, "done")
+                logger.info("job %s done", job.id)
+                return "done"
+            result = {"ok": False, "error": f"the job reported success but its output(s) {', '.join(missing)} are "
+                                            "missing from its run folder; run it again"}
         error = result.get("error")
         if not error:
             if rc < 0:
