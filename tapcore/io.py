@@ -313,16 +313,16 @@ def _select_axes(
     if "Y" not in cur_axes or "X" not in cur_axes:
         raise ValueError(f"{path}: the metadata axes {axes!r} name no Y and X (image rows and columns); "
                          "re-export it as a plain multi-page TIFF")
-    extra = [a for a in cur_axes if a not in "YX"]
+    extra = [i for i, a in enumerate(cur_axes) if a not in "YX"]  # positions (axis letters may repeat: QQYX)
     if len(extra) > 1:
-        named = ", ".join(f"{a} ({_AXIS_NAMES.get(a, 'unknown')}, {data.shape[cur_axes.index(a)]})" for a in extra)
+        named = ", ".join(f"{cur_axes[i]} ({_AXIS_NAMES.get(cur_axes[i], 'unknown')}, {data.shape[i]})" for i in extra)
         raise ValueError(
             f"{path} has {len(extra)} non-spatial axes: {named} (axes {axes!r}, shape {tuple(data.shape)}); its "
             "metadata does not say which one is time, so the frames cannot be told apart; re-save it with "
             "labelled axes (ImageJ: Image > Hyperstacks > Re-order Hyperstack) or as one plain multi-page TIFF "
             "per channel and position"
         )
-    order = [cur_axes.index(a) for a in extra] + [cur_axes.index("Y"), cur_axes.index("X")]
+    order = extra + [cur_axes.index("Y"), cur_axes.index("X")]
     if order != sorted(order):
         logger.info("%s: axes %r reordered to time, Y, X", path, cur_axes)
         data = np.ascontiguousarray(np.transpose(data, order))
