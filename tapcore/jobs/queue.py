@@ -472,7 +472,10 @@ class JobQueue:
         data.update({"state": state, "updated": iso(_now())}, **{k: v for k, v in extra.items() if v is not None})
         if extra.get("error") is None:
             data.pop("error", None)
-        atomic_write_json(path, data)
+        try:
+            atomic_write_json(path, data)
+        except OSError as exc:  # state.json mirrors the database, which stays the truth: never stop a worker
+            logger.warning("could not update %s (%s); the job queue database has the job's state", path, exc)
 
 
 def _database_error(exc: sqlite3.OperationalError, db_path: Path) -> Exception:
