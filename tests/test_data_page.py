@@ -101,3 +101,22 @@ def test_identical_reupload_says_so_and_reuses_the_dataset(home):
     assert at.selectbox(key="data_preview").value == first.id
     # warnings about the movie are shown with it
     assert any("smaller than the 96 x 96 px patch" in w.value for w in at.warning)
+
+
+def test_event_head_form_refuses_masks_with_too_few_events_before_queueing(home):
+    movie = _movie(5, t=6)
+    masks = np.zeros(movie.shape, np.uint8)
+    masks[1, 4:10, 4:10] = 1
+    masks[3, 20:26, 20:26] = 2
+    Workspace(home).add_array(movie, masks, name="cells", source="test")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("pages/event_head.py").run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "Cannot train on this dataset: the event masks of dataset 'cells' contain 2 events (separate regions of event "
+        "pixels); training and calibrating an event head needs at least 3, one each for its training, validation and "
+        "test windows; annotate more events."]
+    assert not [b for b in at.button if b.key and "head_form" in b.key]  # no form to queue a job from
+    from tapcore.jobs.queue import JobQueue
+
+    assert JobQueue(home).list() == []
