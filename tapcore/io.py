@@ -367,8 +367,9 @@ def check_movie_content(movie: np.ndarray, name: str | os.PathLike = "the movie"
                     "pixel (all NaN or infinite); remove those frames or re-export the movie"
                 )
             warnings.append(
-                f"{n_bad} pixels ({100.0 * n_bad / finite.size:.2g} %) are NaN or infinite; they count as 0 "
-                "(background) after normalisation"
+                f"{n_bad} pixel{'s' if n_bad != 1 else ''} ({100.0 * n_bad / finite.size:.2g} %) "
+                f"{'are' if n_bad != 1 else 'is'} NaN or infinite; {'they count' if n_bad != 1 else 'it counts'} "
+                "as 0 (background) after normalisation"
             )
             lo, hi = float(np.min(movie, where=finite, initial=np.inf)), float(np.max(movie, where=finite,
                                                                                   initial=-np.inf))
@@ -470,8 +471,7 @@ def _read_frame_folder(folder: Path, channel: int | None, plane: int | str | Non
                 "have the same size and pixel type"
             )
         out[i] = frame
-    assert out is not None
-    return out
+    return out  # type: ignore[return-value]  (files is not empty, so out was allocated)
 
 
 # --------------------------------------------------------------------------------------------

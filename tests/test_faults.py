@@ -117,7 +117,6 @@ class DiskFull:
         if not self.full and self.at in Path(name).name:
             if self.skip > 0:
                 self.skip -= 1
-                self.at_passed = name
                 return False
             self.full = True
         if self.full:

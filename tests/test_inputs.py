@@ -360,3 +360,15 @@ def test_identical_reupload_reuses_the_dataset(tmp_path):
     raw_masks = _bytes(lambda b: tifffile.imwrite(b, masks, photometric="minisblack"))
     other = ws.save_upload(pyio.BytesIO(raw), pyio.BytesIO(raw_masks), name="a.tif", masks_name="m.tif")
     assert other.id != first.id and not other.reused  # same movie with masks is another dataset
+
+
+def test_cli_info_prints_the_warnings(tmp_path, capsys):
+    from tapcore.cli import main
+
+    movie = _movie().astype(np.float32)
+    movie[0, 0, 0] = np.nan
+    tifffile.imwrite(tmp_path / "m.tif", movie, photometric="minisblack")
+    assert main(["info", str(tmp_path / "m.tif")]) == 0
+    out = capsys.readouterr().out
+    assert "  warning: 1 pixel (0.042 %) is NaN or infinite; it counts as 0 (background) after normalisation" in out
+    assert "  warning: frames are 20 x 24 px, smaller than the 96 x 96 px patch" in out
