@@ -437,7 +437,7 @@ class Workspace:
             raise ValueError(f"{path} does not exist; give the full path of a TIFF file or a folder on this computer")
         got = io.read_input(path, masks=masks)
         label = name or (f"{path.parent.name}-{got.meta['sequence']}" if got.source == "ctc" and path.name == got.meta.get("sequence") else path.stem if path.is_file() else path.name)
-        extra = {"original_path": str(path)}
+        extra: dict[str, Any] = {"original_path": str(path), "warnings": got.warnings}
         if got.source == "ctc":
             extra["ctc"] = {k: got.meta[k] for k in ("sequence", "first_frame", "divisions") if k in got.meta}
         return self.add_array(got.movie, got.masks, name=label, source=got.source, events=got.events, extra=extra)
