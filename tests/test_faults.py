@@ -52,6 +52,7 @@ FAULTS = [
     "worker killed while its job writes a checkpoint",
     "worker killed while its job writes the model bundle",
     "worker killed while its job writes predictions",
+    "job process reports success without its output files",
     "app restarted while a job runs",
     "many concurrent submits on SQLite (4 processes x 15)",
     "two tabs submitting the same job",
@@ -448,6 +449,24 @@ def test_worker_killed_while_its_job_writes_predictions(tmp_path):
     assert sorted(p.name for p in pred.iterdir()) == ["events.csv", "heatmaps.tif", "per_frame.csv", "prediction.json"]
     record = json.loads((pred / "prediction.json").read_text())
     assert record["files"] == {"events": "events.csv", "per_frame": "per_frame.csv", "heatmaps": "heatmaps.tif"}
+
+
+def test_job_process_reports_success_without_its_output_files(tmp_path, monkeypatch):
+    q = JobQueue(tmp_path)
+    job_id = q.submit(_pretrain_spec("demo"))
+    liar = ("import json, pathlib, sys; p = pathlib.Path(sys.argv[1]); "
+            "(p / 'result.json').write_text(json.dumps({'ok': True, 'outputs': {'model': 'model'}}))")
+    real_popen = subprocess.Popen
+
+    def popen(args, **kwargs):  # the job process says "done" but writes nothing
+        return real_popen([sys.executable, "-c", liar, args[-1]], **kwargs)
+
+    monkeypatch.setattr("tapcore.jobs.worker.subprocess.Popen", popen)
+    assert Worker(tmp_path, device="cpu", poll=0.05).run(once=True) == 1
+    job = q.get(job_id)
+    assert job.state == "failed"
+    assert job.error == ("the job reported success but its output(s) model are missing from its run folder; run it "
+                         "again")
 
 
 def test_app_restarted_while_a_job_runs(tmp_path, monkeypatch):
