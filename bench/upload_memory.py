@@ -7,10 +7,14 @@ memory), then saved with ``Workspace.save_upload`` in a fresh process, in two wa
   (``UploadedFile`` is a ``BytesIO`` over the bytes Streamlit keeps in memory);
 - ``file``: an open file on disk (what a framework that spools uploads to disk would hand over).
 
-Peak resident memory is ``ru_maxrss`` of that process; ``baseline`` is its RSS after the imports,
-``upload_held`` the RSS with the upload's bytes in memory, before saving. Prints one JSON object.
+Peak resident memory is ``ru_maxrss`` of that process (anonymous memory plus mapped file pages);
+``peak_anon`` is the largest ``RssAnon`` (memory that only this process holds; mapped file pages are
+page cache the kernel can drop), sampled every 20 ms. ``baseline`` is the RSS after the imports,
+``upload_held`` the RSS with the upload's bytes in memory, before saving. Modes ending in ``-copy``
+decode the movie into memory instead of mapping the staged file (what the code did before).
+Prints one JSON object.
 
-    python bench/upload_memory.py --mb 256 1024 2048 [--dir /tmp/x]
+    python bench/upload_memory.py --mb 256 1024 2048 [--modes bytes file bytes-copy file-copy] [--dir /tmp/x]
 """
 
 from __future__ import annotations
@@ -29,12 +33,33 @@ from pathlib import Path
 FRAME = (2048, 2048)  # uint16: 8 MiB per frame
 
 
-def _rss_mb() -> float:
+def _rss_mb(field: str = "VmRSS") -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class _AnonPeak:
+    """Samples RssAnon in a thread; ``stop()`` returns the largest value seen (MB)."""
+
+    def __init__(self, every: float = 0.02):
+        import threading
+
+        self.peak, self._stop, self._every = _rss_mb("RssAnon"), False, every
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            self.peak = max(self.peak, _rss_mb("RssAnon"))
+            time.sleep(self._every)
+
+    def stop(self) -> float:
+        self._stop = True
+        self._thread.join()
+        return max(self.peak, _rss_mb("RssAnon"))
 
 
 def make_tiff(path: Path, mb: int) -> int:
@@ -59,12 +84,19 @@ def child(path: str, mode: str, home: str) -> None:
 
     import torch  # noqa: F401  (imported by the checks anyway: part of the baseline, not of the upload)
 
+    from tapcore import io as tio
     from tapcore.workspace import Workspace
 
+    source = mode.removesuffix("-copy")
+    if mode.endswith("-copy"):  # for comparison: decode the movie into memory instead of mapping the file
+        real = tio.read_movie
+        tio.read_movie = lambda *a, **k: real(*a, **{**k, "mmap": False})
     ws = Workspace(home)
     baseline = _rss_mb()
+    anon_baseline = _rss_mb("RssAnon")
+    sampler = _AnonPeak()
     t0 = time.time()
-    if mode == "bytes":
+    if source == "bytes":
         with open(path, "rb") as fh:
             src = io.BytesIO(fh.read())
     else:
@@ -73,8 +105,10 @@ def child(path: str, mode: str, home: str) -> None:
     info = ws.save_upload(src, name=Path(path).name, max_bytes=1 << 40)
     elapsed = time.time() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    anon = sampler.stop()
     print(json.dumps({"mode": mode, "baseline_mb": round(baseline), "upload_held_mb": round(held),
                       "peak_mb": round(peak), "peak_above_baseline_mb": round(peak - baseline),
+                      "peak_anon_above_baseline_mb": round(anon - anon_baseline),
                       "seconds": round(elapsed, 1), "shape": list(info.shape)}))
 
 

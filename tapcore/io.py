@@ -162,11 +162,13 @@ def _interpret_samples(tif: Any, axes: str) -> tuple[str, str | None]:
     )
 
 
-def _tiff_array(path: Path) -> tuple[np.ndarray, str, list[str]]:
+def _tiff_array(path: Path, mmap: bool = False) -> tuple[np.ndarray, str, list[str]]:
     """The image data of a TIFF file, its axes string (tifffile codes, e.g. ``"TYX"``) and notes.
 
     The declared size (from the series' shape and dtype) is checked against :func:`max_movie_bytes`
-    before any pixel array is allocated.
+    before any pixel array is allocated. ``mmap``: map an uncompressed, contiguous, native-byte-order
+    series read-only from the file instead of copying it into memory (the file must stay in place
+    while the array is used).
     """
     import tifffile
 
@@ -197,7 +199,9 @@ def _tiff_array(path: Path) -> tuple[np.ndarray, str, list[str]]:
             if note:
                 notes.append(note)
             try:
-                if stack_pages:
+                if mmap and not stack_pages and s0.dataoffset is not None and np.dtype(s0.dtype).isnative:
+                    data = tifffile.memmap(path, series=0, mode="r")
+                elif stack_pages:
                     data = np.stack([s.asarray() for s in series])
                 else:
                     data = s0.asarray()
@@ -409,12 +413,12 @@ def training_size_warnings(shape: tuple[int, ...]) -> list[str]:
 
 
 def _read_image_file(path: Path, channel: int | None = None, plane: int | str | None = None,
-                     notes: list[str] | None = None) -> np.ndarray:
+                     notes: list[str] | None = None, mmap: bool = False) -> np.ndarray:
     kind = _sniff(path)
     if kind == "png":
         data, axes, found = _png_array(path)
     else:
-        data, axes, found = _tiff_array(path)
+        data, axes, found = _tiff_array(path, mmap=mmap)
     if data.dtype == np.bool_ and notes is not None:
         found.append("its pixels are true/false (1 bit), read as 0/1: is this a mask rather than a microscope image?")
     data = _select_axes(data, axes, path, channel, plane)
@@ -486,20 +490,20 @@ def _resolve(path: str | os.PathLike) -> Path:
 
 
 def read_stack(path: str | os.PathLike, *, channel: int | None = None, plane: int | str | None = None,
-               notes: list[str] | None = None) -> np.ndarray:
+               notes: list[str] | None = None, mmap: bool = False) -> np.ndarray:
     """Read a TIFF/PNG file or a frame folder as ``(T, Y, X)`` or ``(Y, X)``, without movie checks.
 
     ``notes``: when given, decisions taken while reading (e.g. planar samples read as frames) are
-    appended to it as sentences.
+    appended to it as sentences. ``mmap``: see :func:`read_movie`.
     """
     path = _resolve(path)
     if path.is_dir():
         return _read_frame_folder(path, channel, plane, notes)
-    return _read_image_file(path, channel=channel, plane=plane, notes=notes)
+    return _read_image_file(path, channel=channel, plane=plane, notes=notes, mmap=mmap)
 
 
 def read_movie(path: str | os.PathLike, *, channel: int | None = None, plane: int | str | None = None,
-               warnings: list[str] | None = None) -> np.ndarray:
+               warnings: list[str] | None = None, mmap: bool = False) -> np.ndarray:
     """Read a movie as ``(T, Y, X)`` in its native dtype.
 
     Args:
@@ -509,6 +513,8 @@ def read_movie(path: str | os.PathLike, *, channel: int | None = None, plane: in
             z-planes of a stack without time axis as frames (ImageJ saves image sequences as slices).
         warnings: when given, the movie's warnings (:func:`check_movie_content` and reading notes)
             are appended to it; they are always logged.
+        mmap: map an uncompressed single-file TIFF read-only instead of reading it into memory (a
+            ``numpy.memmap`` while no channel/plane is taken; the file must stay while it is used).
 
     Raises:
         FileNotFoundError: the path does not exist.
@@ -517,7 +523,7 @@ def read_movie(path: str | os.PathLike, *, channel: int | None = None, plane: in
     """
     path = _resolve(path)
     notes: list[str] = []
-    data = read_stack(path, channel=channel, plane=plane, notes=notes)
+    data = read_stack(path, channel=channel, plane=plane, notes=notes, mmap=mmap)
     _check_movie_shape(data, path)
     notes.extend(check_movie_content(data, path))
     for note in notes:

@@ -353,7 +353,8 @@ class Workspace:
         with explain_disk_full(self.root):
             warnings: list[str] = []
             try:
-                movie = io.read_movie(staged.movie_path, channel=channel, plane=plane, warnings=warnings)
+                # mapped, not copied, when the upload is an uncompressed TIFF: one full copy less in memory
+                movie = io.read_movie(staged.movie_path, channel=channel, plane=plane, warnings=warnings, mmap=True)
             except ValueError as exc:
                 raise ValueError(f"{_shown(staged.name)}: {_strip_path(exc, staged.movie_path)}") from None
             masks = None
