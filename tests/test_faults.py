@@ -525,18 +525,24 @@ def test_many_concurrent_submits_on_sqlite(tmp_path):
 def test_two_tabs_submitting_the_same_job(tmp_path):
     spec = _pretrain_spec("demo")
     ids: list[str] = []
-    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2, timeout=60)
 
     def tab() -> None:
-        q = JobQueue(tmp_path)  # each tab has its own connections
-        barrier.wait()
-        ids.append(q.submit(spec, owner="ann"))
+        try:
+            barrier.wait()
+            q = JobQueue(tmp_path)  # both tabs open the new workspace at once (SQLite's WAL switch races)
+            ids.append(q.submit(spec, owner="ann"))
+        except BaseException as exc:  # reported below instead of leaving the other thread waiting
+            errors.append(exc)
+            barrier.abort()
 
     threads = [threading.Thread(target=tab) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=120)
+    assert not errors, errors
     q = JobQueue(tmp_path)
     assert len(ids) == 2 and ids[0] == ids[1]
     assert [j.id for j in q.list()] == [ids[0]] and [p.name for p in q.runs_dir.iterdir()] == [ids[0]]

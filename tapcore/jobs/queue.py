@@ -171,17 +171,37 @@ class JobQueue:
         self.db_path = self.home / "jobs.sqlite"
         self.runs_dir = self.home / "runs"
         self.runs_dir.mkdir(exist_ok=True)
-        con = self._connect()
-        try:
-            con.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); runs its own transaction
-        finally:
-            con.close()
+        self._init_db()
+
+    def _init_db(self) -> None:
+        """WAL mode and the schema, retried while another process does the same on a new file.
+
+        Switching a fresh database to WAL can fail at once with "database is locked" (SQLite's busy
+        handler does not cover it) when two processes open a new workspace together: retry it.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                try:
+                    con.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+                    con.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
+                    con.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); runs its own transaction
+                finally:
+                    con.close()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the job queue {self.db_path} stayed locked for {BUSY_TIMEOUT_S:.0f} s "
+                                       "(another program holds it); try again in a moment") from exc
+                time.sleep(0.05)
 
     # -- plumbing -------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         con.row_factory = sqlite3.Row
-        con.execute("PRAGMA journal_mode=WAL")
         con.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         con.execute("PRAGMA synchronous=NORMAL")
         return con
