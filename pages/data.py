@@ -18,6 +18,39 @@ st.write(
 
 ws = workspace()
 
+MOVIE_SUFFIXES = (".tif", ".tiff")
+# Streamlit refuses larger files in the browser, before this page sees them: name the limit up front.
+UPLOAD_LIMIT_MB = int(st.get_option("server.maxUploadSize"))
+
+
+def show_dataset(info, verb: str) -> None:
+    """Say what was saved (or reused) with its warnings, and switch the preview below to it."""
+    st.session_state["data_selected"] = info.id
+    st.session_state["data_preview"] = info.id
+    if info.reused:
+        st.info(f"This movie is identical to the dataset **{info.name}** already saved "
+                f"({info.created.replace('T', ' ')[:16]} UTC); using it, nothing new was saved.")
+    else:
+        st.success(f"{verb}: {info.label()}")
+    for warning in info.warnings:
+        st.warning(f"Note: {warning}.")
+
+
+def upload_problem(file, what: str) -> str | None:
+    """Why an uploaded file cannot be used, from its name and size (None when it may be fine)."""
+    suffix = ("." + file.name.rsplit(".", 1)[-1].lower()) if "." in file.name else ""
+    if suffix not in MOVIE_SUFFIXES:
+        kind = f"a {suffix} file" if suffix else "a file without extension"
+        return (f"{file.name} is {kind}; the {what} must be a TIFF (.tif or .tiff). In Fiji: File > Save As > Tiff; "
+                "a folder of PNG frames or a Cell Tracking Challenge folder can be imported from a path instead.")
+    if file.size > UPLOAD_LIMIT_MB * 2**20:
+        return (f"{file.name} is {file.size / 2**20:.0f} MB, above the upload limit of {UPLOAD_LIMIT_MB} MB; "
+                "use 'Import from a folder' for bigger movies.")
+    if file.size == 0:
+        return f"{file.name} is empty (0 bytes); choose the {what} file again."
+    return None
+
+
 demo_tab, upload_tab, import_tab = st.tabs(["Try the demo", "Upload a movie", "Import from a folder"])
 
 with demo_tab:
@@ -28,31 +61,99 @@ with demo_tab:
     if st.button("Load the synthetic demo movie", type="primary", key="load_demo"):
         with st.spinner("Making the demo movie..."):
             info = ws.create_demo()
-        st.session_state["data_selected"] = info.id
-        st.success(f"Loaded: {info.label()}")
+        show_dataset(info, "Loaded")
 
 with upload_tab:
     with st.form("upload_form", clear_on_submit=False):
         movie_file = st.file_uploader(
-            "Movie (TIFF)", type=["tif", "tiff"], key="upload_movie",
-            help="A multi-page TIFF, ImageJ or OME-TIFF with one channel. Time-lapse frames in order.")
+            "Movie (TIFF)", key="upload_movie",
+            help="A multi-page TIFF, ImageJ or OME-TIFF. Time-lapse frames in order. With several channels or "
+                 "z-planes you pick one after the upload.")
         masks_file = st.file_uploader(
-            "Event masks (optional, TIFF)", type=["tif", "tiff"], key="upload_masks",
+            "Event masks (optional, TIFF)", key="upload_masks",
             help="Same number of frames and size as the movie. 0 = no event, 1 = division, 2 = death.")
+        st.caption(f"TIFF files (.tif, .tiff) up to {UPLOAD_LIMIT_MB} MB each; the browser refuses bigger ones. "
+                   "Bigger movies, PNG frame folders and Cell Tracking Challenge folders: **Import from a folder**.")
         submitted = st.form_submit_button("Check and save", type="primary")
     if submitted:
+        problems = [p for f, what in ((movie_file, "movie"), (masks_file, "masks")) if f is not None
+                    for p in [upload_problem(f, what)] if p]
         if movie_file is None:
-            st.error("Choose a movie file first.")
+            st.error("No movie file chosen: drop a TIFF on 'Movie (TIFF)' above (or click 'Browse files'), then "
+                     "press 'Check and save'.")
+        elif problems:
+            for problem in problems:
+                st.error(f"This file cannot be used: {problem} Nothing was saved.")
         else:
+            old = ws.staged_upload(st.session_state.pop("upload_token", ""))
+            if old is not None:
+                ws.discard_upload(old)
             try:
                 with st.spinner(f"Saving and checking {movie_file.name}..."):
-                    info = ws.save_upload(movie_file, masks_file, name=movie_file.name,
-                                          masks_name=masks_file.name if masks_file is not None else None)
-            except ValueError as exc:
+                    staged = ws.stage_upload(movie_file, masks_file, name=movie_file.name,
+                                             masks_name=masks_file.name if masks_file is not None else None,
+                                             max_bytes=UPLOAD_LIMIT_MB * 2**20)
+                    if not staged.layout.needs_choice:
+                        try:
+                            info = ws.finish_upload(staged)
+                        except BaseException:
+                            ws.discard_upload(staged)
+                            raise
+            except (ValueError, OSError) as exc:
                 st.error(f"This file cannot be used: {exc}. Nothing was saved.")
             else:
-                st.session_state["data_selected"] = info.id
-                st.success(f"Saved: {info.label()}")
+                if staged.layout.needs_choice:
+                    st.session_state["upload_token"] = staged.token
+                else:
+                    show_dataset(info, "Saved")
+
+    staged = ws.staged_upload(st.session_state.get("upload_token", ""))
+    if staged is not None:
+        layout = staged.layout
+        parts = [f"{layout.channels} channels"] * (layout.channels > 1) + [f"{layout.planes} z-planes"] * (layout.planes > 1)
+        st.subheader(f"Choose what to keep from {staged.name}")
+        st.write(f"The file holds {' and '.join(parts)} (axes {layout.axes}, shape "
+                 f"{' x '.join(map(str, layout.shape))}). A movie is one grayscale channel at one focus: pick them "
+                 "and check the preview.")
+        pick_l, pick_r = st.columns([1, 3])
+        with pick_l:
+            channel = (st.selectbox("Channel", list(range(layout.channels)), key="upload_channel",
+                                    format_func=lambda c: f"channel {c}") if layout.channels > 1 else None)
+            plane = None
+            if layout.planes > 1:
+                options: list = list(range(layout.planes))
+                if layout.frames_if_picked() == 1:  # no time axis: the planes may be the time points
+                    options.append("time")
+                plane = st.selectbox("Z-plane", options, key="upload_plane",
+                                     format_func=lambda z: "all planes are time points" if z == "time" else f"plane {z}")
+            n_frames = layout.planes if plane == "time" else layout.frames_if_picked()
+            frame = st.slider("Preview frame", 0, max(n_frames - 1, 1), 0, key="upload_preview_frame",
+                              disabled=n_frames < 2)
+            save = st.button("Save this channel and plane", type="primary", key="upload_save_choice")
+            drop = st.button("Cancel this upload", key="upload_drop")
+        with pick_r:
+            try:
+                preview = ws.preview_upload(staged, channel=channel, plane=plane, frame=min(frame, n_frames - 1))
+            except (ValueError, OSError) as exc:
+                st.error(f"Cannot show this choice: {exc}.")
+            else:
+                st.plotly_chart(frame_figure(preview, stride=display_stride(preview.shape), height=360,
+                                             title=f"frame {frame}" + (f", channel {channel}" if channel is not None else "")
+                                             + (f", plane {plane}" if isinstance(plane, int) else "")),
+                                width="stretch", key="upload_preview")
+        if drop:
+            ws.discard_upload(staged)
+            st.session_state.pop("upload_token", None)
+            st.rerun()
+        if save:
+            try:
+                with st.spinner("Reading the chosen channel and plane..."):
+                    info = ws.finish_upload(staged, channel=channel, plane=plane)
+            except (ValueError, OSError) as exc:
+                st.error(f"This choice cannot be used: {exc}. Nothing was saved; pick another or cancel.")
+            else:
+                st.session_state.pop("upload_token", None)
+                show_dataset(info, "Saved")
 
 with import_tab:
     st.write(
@@ -72,11 +173,10 @@ with import_tab:
             try:
                 with st.spinner("Reading the movie..."):
                     info = ws.import_path(path, masks=masks_path.strip() or None)
-            except (ValueError, FileNotFoundError) as exc:
+            except (ValueError, OSError) as exc:
                 st.error(f"This cannot be imported: {exc}. Nothing was saved.")
             else:
-                st.session_state["data_selected"] = info.id
-                st.success(f"Imported: {info.label()}")
+                show_dataset(info, "Imported")
 
 st.header("Your datasets")
 datasets = ws.list_datasets()
@@ -94,8 +194,10 @@ st.dataframe(table, hide_index=True, width="stretch")
 
 ids = [d.id for d in datasets]
 selected = st.session_state.get("data_selected")
-chosen = st.selectbox("Preview", ids, index=ids.index(selected) if selected in ids else 0,
-                      format_func=lambda i: next(d.label() for d in datasets if d.id == i), key="data_preview")
+if st.session_state.get("data_preview") not in ids:  # first visit, or the shown dataset was deleted
+    st.session_state["data_preview"] = selected if selected in ids else ids[0]
+chosen = st.selectbox("Preview", ids, format_func=lambda i: next(d.label() for d in datasets if d.id == i),
+                      key="data_preview")
 info = next(d for d in datasets if d.id == chosen)
 movie = load_movie(info)
 masks = load_masks(info) if info.has_masks else None

@@ -108,6 +108,14 @@ dataset = dataset_picker("Movie with event masks", key="head_dataset", need_mask
                          help="The movie and masks the head learns from (split into training, validation and test).")
 tap_ref = model_picker("TAP features", key="tap_model", kind="tap",
                        help="A TAP model from the Pretrain page (or the shipped demo model).")
+if dataset is not None:  # masks with no or too few events: say so before any form is filled in
+    from tapcore.events.readiness import check_head_masks
+
+    try:
+        check_head_masks(load_masks(dataset), name=f"dataset {dataset.name!r}", build_windows=False)
+    except ValueError as exc:
+        st.error(f"Cannot train on this dataset: {exc}.")
+        dataset = None
 if dataset is not None and tap_ref is None:
     st.info("No TAP model yet: pretrain one on the **Pretrain** page first.")
 

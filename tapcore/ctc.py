@@ -10,11 +10,18 @@ Layout of a CTC dataset folder (``<root>``) and sequence ``NN``::
 Frame numbers may start above 0 (PhC-C2DL-PSC's annotated window starts at frame 150): the movie
 holds the frames present in ``NN/`` in order, and ``first_frame`` is the number of its frame 0.
 
-A **division** is a parent track with exactly two children, each starting the frame after the
-parent ends. It is inside the movie when the parent's last frame and the children's first frame
-are both in it. For each such division the mask movie gets value ``1`` on the parent's marker
-pixels in its last frame and on each daughter's marker pixels in its first frame (CTC markers are
-markers, not full segmentations). The lineage has no death annotations, so value 2 never occurs.
+Frames and marker images may be TIFF (``tXXX.tif``, ``man_trackXXX.tif``) or PNG (``tXXX.png``,
+``man_trackXXX.png``), as some CTC-like exports write them.
+
+A **division** is a parent track with two or more children, each starting the frame after the
+parent ends: two daughters is the usual mitosis, three or more a multipolar mitosis (frequent in
+HeLa). A parent with a single child (the tracker re-labelled a cell without dividing) or whose
+children start later is not a division: it is *skipped* and reported, with its track id, in
+``meta["skipped"]`` and the log. A division is inside the movie when the parent's last frame and
+the children's first frame are both in it. For each such division the mask movie gets value ``1``
+on the parent's marker pixels in its last frame and on each daughter's marker pixels in its first
+frame (CTC markers are markers, not full segmentations). The lineage has no death annotations, so
+value 2 never occurs.
 """
 
 from __future__ import annotations
@@ -35,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 #: Columns of :attr:`CTCSequence.events`.
 EVENT_COLUMNS = ["frame", "last_frame", "y", "x", "kind", "track_id", "role", "parent_id", "division_id", "area"]
-_FRAME_RE = re.compile(r"^t(\d+)\.tiff?$", re.IGNORECASE)
-_MARKER_RE = re.compile(r"^man_track(\d+)\.tiff?$", re.IGNORECASE)
+_FRAME_RE = re.compile(r"^t(\d+)\.(?:tiff?|png)$", re.IGNORECASE)
+_MARKER_RE = re.compile(r"^man_track(\d+)\.(?:tiff?|png)$", re.IGNORECASE)
 
 
 @dataclass
@@ -50,7 +57,8 @@ class CTCSequence:
         events: rows with columns :data:`EVENT_COLUMNS`: for every division inside the movie one
             ``role == "parent"`` row (``frame`` = the parent's last frame as a 0-based movie index,
             ``last_frame`` = the daughters' first frame, ``y``, ``x`` = the parent marker's centroid
-            in that frame) and two ``role == "daughter"`` rows (``frame`` = ``last_frame`` = the
+            in that frame) and one ``role == "daughter"`` row per daughter (two, or more for a
+            multipolar division) (``frame`` = ``last_frame`` = the
             daughter's first frame, centroid of its marker). ``kind`` is ``"division"``;
             ``track_id`` the CTC label; ``parent_id`` the parent's label (0 on parent rows);
             ``division_id`` numbers the divisions; ``area`` is the marker's pixel count.
@@ -99,28 +107,55 @@ def read_lineage(path: str | os.PathLike) -> pd.DataFrame:
     return tracks
 
 
-def lineage_divisions(tracks: pd.DataFrame) -> pd.DataFrame:
-    """Divisions encoded in a lineage: parents with exactly two children starting right after them.
+def lineage_divisions(tracks: pd.DataFrame, skipped: list[dict] | None = None) -> pd.DataFrame:
+    """Divisions encoded in a lineage: parents with two or more children starting right after them.
+
+    Args:
+        tracks: the lineage (columns ``L, B, E, P``).
+        skipped: when given, one dict ``{"track_id", "children", "reason"}`` is appended for every
+            parent that is not counted as a division (one child, children starting later, no track
+            of its own).
 
     Returns:
-        DataFrame with columns ``parent, parent_end, child1, child2, child_start`` (CTC frame numbers).
+        DataFrame with columns ``parent, parent_end, child1, child2, child_start, children``
+        (CTC frame numbers; ``children`` is the tuple of all daughter labels, sorted; ``child1`` and
+        ``child2`` are its first two).
     """
     ends = dict(zip(tracks["L"], tracks["E"]))
     rows = []
+    notes: list[dict] = []
     for parent, kids in tracks[tracks["P"] > 0].groupby("P"):
-        if len(kids) != 2:
-            logger.debug("track %d has %d children: not a division", parent, len(kids))
-            continue
+        parent = int(parent)
+        labels = tuple(sorted(int(k) for k in kids["L"]))
         if parent not in ends:
-            logger.warning("lineage names parent %d, which has no track of its own; skipped", parent)
+            notes.append({"track_id": parent, "children": list(labels),
+                          "reason": "the lineage names it as a parent but has no track of its own"})
             continue
         end = int(ends[parent])
-        if not (kids["B"] == end + 1).all():
-            logger.warning("children of track %d do not start the frame after it ends; skipped", parent)
+        if len(kids) == 1:
+            notes.append({"track_id": parent, "children": list(labels),
+                          "reason": f"one child (track {labels[0]}): a re-labelled cell, not a division"})
             continue
-        c1, c2 = sorted(int(k) for k in kids["L"])
-        rows.append({"parent": int(parent), "parent_end": end, "child1": c1, "child2": c2, "child_start": end + 1})
-    return pd.DataFrame(rows, columns=["parent", "parent_end", "child1", "child2", "child_start"])
+        if not (kids["B"] == end + 1).all():
+            notes.append({"track_id": parent, "children": list(labels),
+                          "reason": f"its children do not all start the frame after it ends (frame {end + 1})"})
+            continue
+        if len(labels) > 2:
+            logger.info("track %d divides into %d daughters (multipolar division)", parent, len(labels))
+        rows.append({"parent": parent, "parent_end": end, "child1": labels[0], "child2": labels[1],
+                     "child_start": end + 1, "children": labels})
+    for note in notes:
+        logger.warning("lineage: track %d skipped: %s", note["track_id"], note["reason"])
+    if skipped is not None:
+        skipped.extend(notes)
+    return pd.DataFrame(rows, columns=["parent", "parent_end", "child1", "child2", "child_start", "children"])
+
+
+def skipped_summary(skipped: list[dict], limit: int = 5) -> str:
+    """One sentence listing the lineage parents not counted as divisions, with their track ids."""
+    shown = "; ".join(f"track {d['track_id']}: {d['reason']}" for d in skipped[:limit])
+    more = f"; and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return f"{len(skipped)} parent track(s) of the lineage are not counted as divisions ({shown}{more})"
 
 
 def _numbered_files(folder: Path, pattern: re.Pattern) -> dict[int, Path]:
@@ -172,7 +207,8 @@ def load_ctc(folder: str | os.PathLike, sequence: str | None = "01", *, dilate: 
     tracks = read_lineage(tra_dir / "man_track.txt")
     frame_files = _numbered_files(img_dir, _FRAME_RE)
     if len(frame_files) < 2:
-        raise ValueError(f"{img_dir} holds {len(frame_files)} frame(s) named tXXX.tif; a movie needs at least two")
+        raise ValueError(f"{img_dir} holds {len(frame_files)} frame(s) named tXXX.tif or tXXX.png; a movie needs at "
+                         "least two")
     numbers = sorted(frame_files)
     first, last = numbers[0], numbers[-1]
     if numbers != list(range(first, last + 1)):
@@ -192,7 +228,8 @@ def load_ctc(folder: str | os.PathLike, sequence: str | None = "01", *, dilate: 
     T = movie.shape[0]
     masks = np.zeros(movie.shape, np.uint8)
 
-    divs = lineage_divisions(tracks)
+    skipped: list[dict] = []
+    divs = lineage_divisions(tracks, skipped)
     inside = divs[(divs["parent_end"] >= first) & (divs["child_start"] <= last)].reset_index(drop=True)
     logger.debug("%s: %d divisions in the lineage, %d inside frames %d-%d", root, len(divs), len(inside), first, last)
 
@@ -200,11 +237,12 @@ def load_ctc(folder: str | os.PathLike, sequence: str | None = "01", *, dilate: 
     needed: dict[int, list[int]] = {}
     for d in inside.itertuples():
         needed.setdefault(d.parent_end, []).append(d.parent)
-        needed.setdefault(d.child_start, []).extend([d.child1, d.child2])
+        needed.setdefault(d.child_start, []).extend(d.children)
     pixels: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     for n, labels in sorted(needed.items()):
         if n not in marker_files:
-            raise ValueError(f"{tra_dir} has no marker image man_track{n:03d}.tif for frame {n}, which the lineage needs")
+            raise ValueError(f"{tra_dir} has no marker image man_track{n:03d}.tif (or .png) for frame {n}, which the "
+                             "lineage needs")
         marker = io.read_stack(marker_files[n])
         if marker.shape != movie.shape[1:]:
             raise ValueError(f"{marker_files[n]} is {marker.shape} but the frames are {movie.shape[1:]}")
@@ -224,11 +262,9 @@ def load_ctc(folder: str | os.PathLike, sequence: str | None = "01", *, dilate: 
 
     rows = []
     for i, d in enumerate(inside.itertuples()):
-        for label, n, role, parent in (
-            (d.parent, d.parent_end, "parent", 0),
-            (d.child1, d.child_start, "daughter", d.parent),
-            (d.child2, d.child_start, "daughter", d.parent),
-        ):
+        members = [(d.parent, d.parent_end, "parent", 0)] + [(c, d.child_start, "daughter", d.parent)
+                                                              for c in d.children]
+        for label, n, role, parent in members:
             ys, xs = pixels[(n, label)]
             rows.append({
                 "frame": n - first,
@@ -242,5 +278,7 @@ def load_ctc(folder: str | os.PathLike, sequence: str | None = "01", *, dilate: 
     meta = {
         "root": str(root), "sequence": seq, "first_frame": first, "last_frame": last, "frames": T,
         "tracks": len(tracks), "divisions_in_lineage": len(divs), "divisions": len(inside), "dilate": int(dilate),
+        "multipolar_divisions": int(sum(len(c) > 2 for c in inside["children"])),
+        "skipped": skipped,
     }
     return CTCSequence(movie=movie, masks=masks, events=events, first_frame=first, tracks=tracks, meta=meta)

@@ -43,12 +43,15 @@ PRESETS: dict[str, dict[str, Any]] = {
             "rotate": True,  # joint for both frames: keeps the time arrow
             "scale": (0.9, 1.1),
             "elastic_sigma": 0.0,
-            "translate": 0.0,  # independent per-frame shifts look like motion at this scale
+            "translate": 1.0,  # small independent shift: no drift shortcut, smaller than typical motion
             "noise": 0.02,
             "intensity_scale_global": (0.9, 1.1),
-            "intensity_scale_frame": (1.0, 1.0),
+            # per-frame intensity changes stay at the paper's values: without them the network learns the
+            # normalised background level as a clock, and on hela01 that trend reverses after frame 30
+            # (measured: validation accuracy 0.39 on frames 32-39, i.e. worse than chance)
+            "intensity_scale_frame": (0.95, 1.05),
             "intensity_shift_global": 0.05,
-            "intensity_shift_frame": 0.0,
+            "intensity_shift_frame": 0.02,
         },
     },
 }

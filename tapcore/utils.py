@@ -7,11 +7,13 @@ same folder, then ``os.replace``), so a crash never leaves a half-written file b
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import platform
 import random
+import shutil
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -19,6 +21,116 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+
+#: errno values that mean "the disk (or the user's quota) is full".
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """A write failed because the disk is full; its message says where and what to do."""
+
+    def __init__(self, message: str, errno_: int = errno.ENOSPC):
+        super().__init__(errno_, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError that says the disk or quota is full (ENOSPC / EDQUOT)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def disk_full_message(exc: OSError, folder: str | os.PathLike | None = None) -> str:
+    """One sentence for a full disk: which file could not be written, where, and what to do."""
+    target = f" while writing {Path(exc.filename).name}" if getattr(exc, "filename", None) else ""
+    where = f" holding {folder}" if folder is not None else ""
+    free = ""
+    if folder is not None:
+        try:
+            free = f" ({shutil.disk_usage(folder).free / 2**20:.0f} MB free now)"
+        except OSError:
+            free = ""
+    return (f"the disk{where} is full (no space left on the device){target}{free}; free some space (e.g. delete "
+            "old runs or datasets) and try again; files saved before are unchanged")
+
+
+@contextlib.contextmanager
+def explain_disk_full(folder: str | os.PathLike | None = None) -> Iterator[None]:
+    """Turn an ENOSPC / EDQUOT OSError raised inside the block into a :class:`DiskFullError`."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise DiskFullError(disk_full_message(exc, folder), exc.errno) from exc
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the leftovers of interrupted atomic writes under ``folder``; returns what was removed.
+
+    Matches the temporary names this library writes: ``.<name>.<random>.tmp`` files
+    (:func:`atomic_path`), ``.<name>.tmp-<random>`` and ``.<name>.old-<random>`` folders
+    (``tapcore.bundle.save_bundle``) and ``.<name>.part-<random>`` folders (:func:`atomic_dir`).
+    Only call it while nothing else writes into ``folder`` (e.g. when a job starts).
+    """
+    import re
+
+    pattern = re.compile(r"^\..+(\.tmp|\.tmp-[A-Za-z0-9_]+|\.old-[0-9a-f]+|\.part-[0-9a-f]+)$")
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for root, dirs, files in os.walk(folder, topdown=True):
+        for name in list(dirs):
+            if pattern.match(name):
+                shutil.rmtree(Path(root) / name, ignore_errors=True)
+                removed.append(Path(root) / name)
+                dirs.remove(name)
+        for name in files:
+            if pattern.match(name):
+                try:
+                    os.unlink(Path(root) / name)
+                    removed.append(Path(root) / name)
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` as a whole.
+
+    On any error the temporary folder is removed and an existing ``path`` is left untouched, so a
+    reader sees either the old folder or the complete new one, never a half-written mix.
+    """
+    import secrets
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.part-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{secrets.token_hex(4)}"
+            os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.rename(old, path)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager

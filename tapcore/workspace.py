@@ -20,23 +20,30 @@ Models are referred to by a short string (:func:`Workspace.resolve_model`):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import secrets
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from tapcore.utils import atomic_write_json, read_json, sha256_array
+from tapcore.io import human_bytes
+from tapcore.utils import atomic_write_json, explain_disk_full, read_json, sha256_array
 
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 8 << 20
+#: Default of ``$TAPCORE_MAX_UPLOAD_MB`` (matches ``server.maxUploadSize`` in .streamlit/config.toml).
+DEFAULT_MAX_UPLOAD_MB = 2048
+#: Upload staging folders older than this are removed (an abandoned upload in a closed tab).
+STALE_STAGING_S = 24 * 3600
 # Shipped model bundles (the project's models/ folder); $TAPCORE_MODELS overrides it.
 PROJECT_MODELS = Path(os.environ.get("TAPCORE_MODELS") or Path(__file__).resolve().parents[1] / "models")
 DEMO_DATASET_ID = "demo"
@@ -86,24 +93,71 @@ def _check_id(value: str, what: str) -> str:
     return value
 
 
-def stream_to_file(src: BinaryIO, dest: str | os.PathLike, chunk: int = CHUNK_BYTES) -> int:
-    """Copy a readable binary object to ``dest`` in chunks; returns the number of bytes written."""
+def max_upload_bytes() -> int:
+    """The largest upload accepted: ``$TAPCORE_MAX_UPLOAD_MB`` megabytes (default 2048, the app's
+    ``server.maxUploadSize`` in ``.streamlit/config.toml``)."""
+    raw = os.environ.get("TAPCORE_MAX_UPLOAD_MB", str(DEFAULT_MAX_UPLOAD_MB))
+    try:
+        return int(float(raw) * 2**20)
+    except ValueError:
+        raise ValueError(f"TAPCORE_MAX_UPLOAD_MB must be a number of megabytes, got {raw!r}") from None
+
+
+def stream_to_file(src: BinaryIO, dest: str | os.PathLike, chunk: int = CHUNK_BYTES, *,
+                   max_bytes: int | None = None, name: str | None = None,
+                   digest: Any = None) -> int:
+    """Copy a readable binary object to ``dest`` in chunks; returns the number of bytes written.
+
+    At most one chunk is held at a time. ``max_bytes``: refuse (ValueError naming the limit) as
+    soon as more arrive; ``dest`` is then removed. ``digest``: a ``hashlib`` object updated with
+    every chunk (the upload's SHA-256 without reading it twice).
+    """
     if hasattr(src, "seek"):
         try:
             src.seek(0)
         except (OSError, ValueError):
             pass
     total = 0
-    with open(dest, "wb") as out:
-        while True:
-            block = src.read(chunk)
-            if not block:
-                break
-            out.write(block)
-            total += len(block)
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        with open(dest, "wb") as out:
+            while True:
+                block = src.read(chunk)
+                if not block:
+                    break
+                total += len(block)
+                if max_bytes is not None and total > max_bytes:
+                    raise ValueError(
+                        f"{name or 'the file'} is larger than the upload limit of {human_bytes(max_bytes)}; for "
+                        "bigger movies use 'Import from a folder' (a path on this computer) or `tapcore` on the "
+                        "command line, or raise TAPCORE_MAX_UPLOAD_MB and server.maxUploadSize"
+                    )
+                out.write(block)
+                if digest is not None:
+                    digest.update(block)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        try:
+            os.unlink(dest)
+        except FileNotFoundError:
+            pass
+        raise
     return total
+
+
+def safe_suffix(name: str, default: str = ".tif") -> str:
+    """The file-name extension of an uploaded name, if it is a plain one (``.tif``); else ``default``."""
+    suffix = Path(str(name).replace("\\", "/")).suffix.lower()
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else default
+
+
+def display_name(name: str, fallback: str = "upload") -> str:
+    """A dataset name from an uploaded file name: its last path part without the extension, no
+    control characters, at most 80 characters (the stored files get fixed safe names anyway)."""
+    base = str(name).replace("\\", "/").rstrip("/").split("/")[-1]
+    stem = base[: -len(Path(base).suffix)] if Path(base).suffix else base
+    stem = "".join(ch for ch in stem if ch.isprintable()).strip().strip(".")
+    return stem[:80] or fallback
 
 
 @dataclass
@@ -120,6 +174,13 @@ class DatasetInfo:
     created: str
     has_masks: bool
     meta: dict[str, Any]
+    #: True when an upload was identical to this existing dataset, which was reused (nothing new saved).
+    reused: bool = False
+
+    @property
+    def warnings(self) -> list[str]:
+        """What may not work well with this movie (from ``meta.json``)."""
+        return list(self.meta.get("warnings") or [])
 
     @property
     def movie_path(self) -> Path:
@@ -177,14 +238,15 @@ class Workspace:
                 return candidate
 
     def _commit(self, staging: Path, dataset_id: str, name: str, movie: np.ndarray, masks: np.ndarray | None,
-                source: str, extra: dict[str, Any]) -> DatasetInfo:
+                source: str, extra: dict[str, Any], movie_sha: str | None = None,
+                masks_sha: str | None = None) -> DatasetInfo:
         meta = {
             "id": dataset_id,
             "name": name,
             "shape": [int(s) for s in movie.shape],
             "dtype": str(movie.dtype),
-            "sha256": sha256_array(movie),
-            "masks_sha256": sha256_array(masks) if masks is not None else None,
+            "sha256": movie_sha or sha256_array(movie),
+            "masks_sha256": masks_sha or (sha256_array(masks) if masks is not None else None),
             "has_masks": masks is not None,
             "source": source,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -216,57 +278,180 @@ class Workspace:
         dataset_id = _check_id(dataset_id, "dataset id") if dataset_id else self._new_id(name)
         staging = self._staging()
         try:
-            io.write_tiff(staging / "movie.tif", movie)
-            if masks is not None:
-                io.write_tiff(staging / "masks.tif", masks)
-            if events is not None and len(events):
-                events.to_csv(staging / "events.csv", index=False)
-            return self._commit(staging, dataset_id, name, movie, masks, source, extra or {})
+            with explain_disk_full(self.root):
+                return self._write_dataset(staging, dataset_id, name, movie, masks, source, events, extra)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def save_upload(self, movie_file: BinaryIO, masks_file: BinaryIO | None = None, *, name: str,
-                    masks_name: str | None = None) -> DatasetInfo:
-        """Stream an uploaded movie (and masks) to disk, validate them, and keep them as a dataset.
+    def _write_dataset(self, staging: Path, dataset_id: str, name: str, movie: np.ndarray, masks: np.ndarray | None,
+                       source: str, events: Any, extra: dict[str, Any] | None) -> DatasetInfo:
+        from tapcore import io
 
-        The files are copied in chunks into a staging folder, read with :func:`tapcore.io.read_movie`
-        / :func:`tapcore.io.read_masks`; any problem raises ValueError (with the file name) and the
-        staging folder is removed, so nothing is saved.
+        io.write_tiff(staging / "movie.tif", movie)
+        if masks is not None:
+            io.write_tiff(staging / "masks.tif", masks)
+        if events is not None and len(events):
+            events.to_csv(staging / "events.csv", index=False)
+        return self._commit(staging, dataset_id, name, movie, masks, source, extra or {})
+
+    # -- datasets: uploads ----------------------------------------------------------------------
+    def stage_upload(self, movie_file: BinaryIO, masks_file: BinaryIO | None = None, *, name: str,
+                     masks_name: str | None = None, max_bytes: int | None = None) -> "StagedUpload":
+        """Stream an uploaded movie (and masks) into a staging folder and read its layout.
+
+        Nothing is decoded yet: the movie's metadata says whether a channel or a z-plane must be
+        picked (:attr:`StagedUpload.layout`). Finish with :meth:`finish_upload` or drop it with
+        :meth:`discard_upload`. The stored files get fixed names (``upload-movie.tif``); the user's
+        file name is only kept as text in ``meta.json``. ValueError (naming the file, the problem
+        and the fix) for an empty, oversized or unreadable file; the staging folder is then removed.
         """
         from tapcore import io
 
-        staging = self._staging()
+        limit = max_upload_bytes() if max_bytes is None else int(max_bytes)
+        self._remove_stale_staging()
+        staging = self.datasets_dir / f".upload-{secrets.token_hex(8)}"
+        staging.mkdir()
         try:
-            suffix = Path(name).suffix.lower() or ".tif"
-            raw_movie = staging / f"upload-movie{suffix}"
-            size = stream_to_file(movie_file, raw_movie)
-            if size == 0:
-                raise ValueError(f"{name} is empty (0 bytes); choose the movie file again")
-            try:
-                movie = io.read_movie(raw_movie)
-            except ValueError as exc:
-                raise ValueError(f"{name}: {_strip_path(exc, raw_movie)}") from None
-            masks = None
-            if masks_file is not None:
-                mname = masks_name or "masks.tif"
-                raw_masks = staging / f"upload-masks{Path(mname).suffix.lower() or '.tif'}"
-                if stream_to_file(masks_file, raw_masks) == 0:
-                    raise ValueError(f"{mname} is empty (0 bytes); choose the masks file again")
+            with explain_disk_full(self.root):
+                raw_movie = staging / f"upload-movie{safe_suffix(name)}"
+                digest = hashlib.sha256()
+                size = stream_to_file(movie_file, raw_movie, max_bytes=limit, name=display_name(name) + safe_suffix(name),
+                                      digest=digest)
+                if size == 0:
+                    raise ValueError(f"{_shown(name)} is empty (0 bytes); choose the movie file again")
                 try:
-                    masks = io.read_masks(raw_masks, movie.shape)
+                    layout = io.describe_file(raw_movie)
                 except ValueError as exc:
-                    raise ValueError(f"{mname}: {_strip_path(exc, raw_masks)}") from None
-                raw_masks.unlink()
-            io.write_tiff(staging / "movie.tif", movie)
-            raw_movie.unlink()
-            if masks is not None:
-                io.write_tiff(staging / "masks.tif", masks)
-            extra = {"original_file": name, "original_masks_file": masks_name if masks is not None else None}
-            return self._commit(staging, self._new_id(Path(name).stem), Path(name).stem, movie, masks, "upload", extra)
+                    raise ValueError(f"{_shown(name)}: {_strip_path(exc, raw_movie)}") from None
+                raw_masks = None
+                if masks_file is not None:
+                    mname = masks_name or "masks.tif"
+                    raw_masks = staging / f"upload-masks{safe_suffix(mname)}"
+                    if stream_to_file(masks_file, raw_masks, max_bytes=limit, name=_shown(mname)) == 0:
+                        raise ValueError(f"{_shown(mname)} is empty (0 bytes); choose the masks file again")
+                staged = StagedUpload(
+                    token=staging.name[len(".upload-"):], folder=staging, movie_path=raw_movie,
+                    masks_path=raw_masks, name=str(name), masks_name=masks_name if masks_file is not None else None,
+                    size=size, sha256=digest.hexdigest(), layout=layout,
+                )
+                atomic_write_json(staging / "upload.json", staged.to_dict())
+                return staged
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+    def staged_upload(self, token: str) -> "StagedUpload | None":
+        """The staged upload with this token (from :meth:`stage_upload`), or None when it is gone."""
+        if not isinstance(token, str) or not re.fullmatch(r"[0-9a-f]{16}", token):
+            return None
+        folder = self.datasets_dir / f".upload-{token}"
+        if not (folder / "upload.json").is_file():
+            return None
+        return StagedUpload.from_dict(read_json(folder / "upload.json"), folder)
+
+    def discard_upload(self, staged: "StagedUpload") -> None:
+        """Remove a staged upload that will not be saved."""
+        shutil.rmtree(staged.folder, ignore_errors=True)
+
+    def preview_upload(self, staged: "StagedUpload", channel: int | None = None, plane: int | str | None = None,
+                       frame: int = 0) -> np.ndarray:
+        """One frame ``(Y, X)`` of a staged movie with the chosen channel / plane (ValueError like read_movie)."""
+        from tapcore import io
+
+        try:
+            return io.read_frame(staged.movie_path, frame, channel=channel, plane=plane)
+        except ValueError as exc:
+            raise ValueError(f"{_shown(staged.name)}: {_strip_path(exc, staged.movie_path)}") from None
+
+    def finish_upload(self, staged: "StagedUpload", channel: int | None = None,
+                      plane: int | str | None = None) -> DatasetInfo:
+        """Read and check a staged upload with the chosen channel / plane and keep it as a dataset.
+
+        When a dataset with the same movie (and masks) already exists, the upload is dropped and that
+        dataset is returned with ``reused=True``. Any problem raises ValueError (naming the file) and
+        nothing is saved; the staged files stay so that the user can pick another channel or plane.
+        """
+        from tapcore import io
+
+        staging = staged.folder
+        with explain_disk_full(self.root):
+            warnings: list[str] = []
+            try:
+                # mapped, not copied, when the upload is an uncompressed TIFF: one full copy less in memory
+                movie = io.read_movie(staged.movie_path, channel=channel, plane=plane, warnings=warnings, mmap=True)
+            except ValueError as exc:
+                raise ValueError(f"{_shown(staged.name)}: {_strip_path(exc, staged.movie_path)}") from None
+            masks = None
+            if staged.masks_path is not None:
+                try:
+                    masks = io.read_masks(staged.masks_path, movie.shape)
+                except ValueError as exc:
+                    raise ValueError(f"{_shown(staged.masks_name or 'masks.tif')}: "
+                                     f"{_strip_path(exc, staged.masks_path)}") from None
+            movie_sha = sha256_array(movie)
+            masks_sha = sha256_array(masks) if masks is not None else None
+            same = self.find_identical(movie_sha, masks_sha)
+            if same is not None:
+                logger.info("upload %s is identical to dataset %s: reusing it", staged.name, same.id)
+                self.discard_upload(staged)
+                same.reused = True
+                return same
+            final = self.datasets_dir / f".staging-{secrets.token_hex(4)}"
+            final.mkdir()
+            try:
+                io.write_tiff(final / "movie.tif", movie)
+                if masks is not None:
+                    io.write_tiff(final / "masks.tif", masks)
+                extra = {
+                    "original_file": staged.name, "original_masks_file": staged.masks_name if masks is not None else None,
+                    "upload_bytes": staged.size, "upload_sha256": staged.sha256,
+                    "channel": channel, "plane": plane, "file_axes": staged.layout.axes,
+                    "file_shape": list(staged.layout.shape), "warnings": warnings,
+                }
+                name = display_name(staged.name)
+                info = self._commit(final, self._new_id(name), name, movie, masks, "upload", extra,
+                                    movie_sha=movie_sha, masks_sha=masks_sha)
+            except BaseException:
+                shutil.rmtree(final, ignore_errors=True)
+                raise
+        self.discard_upload(staged)
+        return info
+
+    def save_upload(self, movie_file: BinaryIO, masks_file: BinaryIO | None = None, *, name: str,
+                    masks_name: str | None = None, channel: int | None = None, plane: int | str | None = None,
+                    max_bytes: int | None = None) -> DatasetInfo:
+        """Stream an uploaded movie (and masks) to disk, validate them, and keep them as a dataset.
+
+        :meth:`stage_upload` then :meth:`finish_upload`: the files are copied in chunks into a
+        staging folder and read with :func:`tapcore.io.read_movie` / :func:`tapcore.io.read_masks`;
+        any problem raises ValueError (with the file name) and nothing is saved. A full disk raises
+        :class:`tapcore.utils.DiskFullError`. An upload identical to an existing dataset returns that
+        dataset with ``reused=True``.
+        """
+        staged = self.stage_upload(movie_file, masks_file, name=name, masks_name=masks_name, max_bytes=max_bytes)
+        try:
+            return self.finish_upload(staged, channel=channel, plane=plane)
+        except BaseException:
+            self.discard_upload(staged)
+            raise
+
+    def find_identical(self, movie_sha256: str, masks_sha256: str | None) -> DatasetInfo | None:
+        """An existing dataset with exactly this movie and masks (by SHA-256), or None."""
+        for d in self.list_datasets():
+            if d.sha256 == movie_sha256 and d.meta.get("masks_sha256") == masks_sha256:
+                return d
+        return None
+
+    def _remove_stale_staging(self) -> None:
+        cutoff = time.time() - STALE_STAGING_S
+        for p in self.datasets_dir.iterdir():
+            if p.name.startswith((".upload-", ".staging-")) and p.is_dir():
+                try:
+                    if p.stat().st_mtime < cutoff:
+                        shutil.rmtree(p, ignore_errors=True)
+                except FileNotFoundError:
+                    pass
 
     def import_path(self, path: str | os.PathLike, *, masks: str | os.PathLike | None = None,
                     name: str | None = None) -> DatasetInfo:
@@ -278,7 +463,7 @@ class Workspace:
             raise ValueError(f"{path} does not exist; give the full path of a TIFF file or a folder on this computer")
         got = io.read_input(path, masks=masks)
         label = name or (f"{path.parent.name}-{got.meta['sequence']}" if got.source == "ctc" and path.name == got.meta.get("sequence") else path.stem if path.is_file() else path.name)
-        extra = {"original_path": str(path)}
+        extra: dict[str, Any] = {"original_path": str(path), "warnings": got.warnings}
         if got.source == "ctc":
             extra["ctc"] = {k: got.meta[k] for k in ("sequence", "first_frame", "divisions") if k in got.meta}
         return self.add_array(got.movie, got.masks, name=label, source=got.source, events=got.events, extra=extra)
@@ -407,6 +592,51 @@ class Workspace:
         shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoint", "*.tmp"))
         os.replace(tmp, dest)
         return f"saved:{name}"
+
+
+@dataclass
+class StagedUpload:
+    """An upload streamed to disk but not yet kept as a dataset (see :meth:`Workspace.stage_upload`).
+
+    Attributes:
+        token: 16 hex digits naming its staging folder (safe to keep in a browser session).
+        folder: the staging folder ``datasets/.upload-<token>``.
+        movie_path, masks_path: the streamed files (fixed safe names).
+        name, masks_name: the file names the user gave (text only, never used as paths).
+        size: movie bytes; sha256: the movie file's SHA-256.
+        layout: what the movie file holds, from its metadata (:class:`tapcore.io.FileLayout`).
+    """
+
+    token: str
+    folder: Path
+    movie_path: Path
+    masks_path: Path | None
+    name: str
+    masks_name: str | None
+    size: int
+    sha256: str
+    layout: Any = field(repr=False, default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"token": self.token, "movie_file": self.movie_path.name,
+                "masks_file": self.masks_path.name if self.masks_path else None, "name": self.name,
+                "masks_name": self.masks_name, "size": self.size, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], folder: Path) -> "StagedUpload":
+        from tapcore import io
+
+        movie_path = folder / Path(d["movie_file"]).name
+        return cls(token=d["token"], folder=folder, movie_path=movie_path,
+                   masks_path=folder / Path(d["masks_file"]).name if d.get("masks_file") else None,
+                   name=d["name"], masks_name=d.get("masks_name"), size=int(d["size"]), sha256=d["sha256"],
+                   layout=io.describe_file(movie_path))
+
+
+def _shown(name: str) -> str:
+    """A user's file name as shown in messages: its last path part, printable characters only."""
+    base = str(name).replace("\\", "/").rstrip("/").split("/")[-1]
+    return "".join(ch for ch in base if ch.isprintable())[:120] or "the file"
 
 
 def _strip_path(exc: Exception, path: Path) -> str:

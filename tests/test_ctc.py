@@ -167,3 +167,58 @@ def test_cli_import_ctc(tmp_path, capsys):
     assert main(["evaluate-events", str(out / "events.csv"), "--ctc", str(tmp_path / "ds"),
                  "--duplicates", "ignore"]) == 0
     assert "TP 1, false alarms 0, misses 0, duplicates ignored 2" in capsys.readouterr().out
+
+
+def test_multipolar_division_is_a_division_and_one_daughter_is_reported(tmp_path, capsys):
+    # track 1 ends at frame 1 and has three daughters 2, 3, 4 (multipolar mitosis);
+    # track 5 ends at frame 1 and continues as its single child 6 (re-labelled, not a division)
+    lineage = "1 0 1 0\n2 2 3 1\n3 2 3 1\n4 2 3 1\n5 0 1 0\n6 2 3 5\n"
+    markers = {n: {1: (5, 5), 5: (18, 18)} for n in (0, 1)}
+    for n in (2, 3):
+        markers[n] = {2: (3, 4), 3: (8, 4), 4: (5, 10), 6: (18, 18)}
+    _write_ctc(tmp_path / "ds", lineage, markers, range(0, 4))
+    seq = ctc.load_ctc(tmp_path / "ds")
+    assert len(seq.divisions) == 1 and seq.meta["multipolar_divisions"] == 1
+    daughters = seq.events[seq.events.role == "daughter"]
+    assert sorted(daughters.track_id) == [2, 3, 4] and set(daughters.parent_id) == {1}
+    expected = np.zeros((4, 24, 24), np.uint8)
+    expected[1, 4:7, 4:7] = 1
+    for y, x in ((3, 4), (8, 4), (5, 10)):
+        expected[2, y - 1: y + 2, x - 1: x + 2] = 1
+    np.testing.assert_array_equal(seq.masks, expected)
+    assert seq.meta["skipped"] == [
+        {"track_id": 5, "children": [6], "reason": "one child (track 6): a re-labelled cell, not a division"}]
+    assert ctc.skipped_summary(seq.meta["skipped"]) == (
+        "1 parent track(s) of the lineage are not counted as divisions (track 5: one child (track 6): a re-labelled "
+        "cell, not a division)")
+    got = io.read_input(tmp_path / "ds")
+    assert got.meta["skipped"][0]["track_id"] == 5 and ctc.skipped_summary(seq.meta["skipped"]) in got.warnings
+
+    from tapcore.cli import main
+
+    assert main(["import-ctc", str(tmp_path / "ds"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "1 of the divisions have three or more daughters (multipolar)" in out
+    assert "note: 1 parent track(s) of the lineage are not counted as divisions (track 5: one child (track 6)" in out
+
+
+def test_ctc_like_folder_with_png_frames_and_markers(tmp_path):
+    root = tmp_path / "png"
+    (root / "01").mkdir(parents=True)
+    tra = root / "01_GT" / "TRA"
+    tra.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    movie = rng.integers(0, 255, (3, 24, 24)).astype(np.uint8)
+    markers = {0: {1: (6, 6)}, 1: {2: (4, 6), 3: (10, 6)}, 2: {2: (4, 7), 3: (11, 6)}}
+    for n in range(3):
+        Image.fromarray(movie[n]).save(root / "01" / f"t{n:03d}.png")
+        lab = np.zeros((24, 24), np.uint16)
+        for label, (y, x) in markers[n].items():
+            lab[y - 1: y + 2, x - 1: x + 2] = label
+        Image.fromarray(lab).save(tra / f"man_track{n:03d}.png")
+    (tra / "man_track.txt").write_text("1 0 0 0\n2 1 2 1\n3 1 2 1\n")
+    got = io.read_input(root)
+    assert got.source == "ctc" and got.meta["divisions"] == 1
+    np.testing.assert_array_equal(got.movie, movie)
+    assert got.masks[0, 5:8, 5:8].all() and got.masks[1, 3:6, 5:8].all() and got.masks[1, 9:12, 5:8].all()
+    assert int(got.masks.sum()) == 27

@@ -226,3 +226,16 @@ def test_check_masks_accepts_shape_as_list_or_tuple():
         assert io.check_masks(masks, shape).shape == (3, 4, 5)
     with pytest.raises(ValueError, match="3 frames but the movie has 2"):
         io.check_masks(masks, [2, 4, 5])
+
+
+def test_mmap_maps_uncompressed_tiffs_and_reads_compressed_ones(tmp_path):
+    movie = _movie(t=5, y=32, x=32)
+    io.write_tiff(tmp_path / "plain.tif", movie)
+    io.write_tiff(tmp_path / "zip.tif", movie, compress=True)
+    mapped = io.read_movie(tmp_path / "plain.tif", mmap=True)
+    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable  # read-only view of the file
+    np.testing.assert_array_equal(mapped, movie)
+    decoded = io.read_movie(tmp_path / "zip.tif", mmap=True)
+    assert not isinstance(decoded, np.memmap)
+    np.testing.assert_array_equal(decoded, movie)
+    assert not isinstance(io.read_movie(tmp_path / "plain.tif"), np.memmap)  # the default copies

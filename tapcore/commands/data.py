@@ -59,7 +59,7 @@ def describe_input(path: str, masks: str | None = None, channel: int | None = No
         "min": float(movie.min()), "max": float(movie.max()),
         "p1": float(np.percentile(sample, 1)), "p99.8": float(np.percentile(sample, 99.8)),
     }
-    for key in ("sequence", "first_frame", "divisions"):
+    for key in ("sequence", "first_frame", "divisions", "skipped", "warnings"):
         if key in inp.meta:
             info[key] = inp.meta[key]
     if inp.masks is not None:
@@ -91,6 +91,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
               f"death {m['death_px']} px in {m['frames_with_death']} frames")
     else:
         print("  masks: none")
+    for warning in info.get("warnings", []):
+        print(f"  warning: {warning}")
     return 0
 
 
@@ -121,6 +123,12 @@ def _cmd_import_ctc(args: argparse.Namespace) -> int:
     print(f"wrote {out}/movie.tif {seq.movie.shape} {seq.movie.dtype}, masks.tif, events.csv "
           f"({seq.meta['divisions']} divisions; CTC frames {seq.meta['first_frame']}-{seq.meta['last_frame']} "
           f"are movie frames 0-{seq.movie.shape[0] - 1}), meta.json")
+    if seq.meta.get("multipolar_divisions"):
+        print(f"  {seq.meta['multipolar_divisions']} of the divisions have three or more daughters (multipolar)")
+    if seq.meta.get("skipped"):
+        from tapcore.ctc import skipped_summary
+
+        print(f"  note: {skipped_summary(seq.meta['skipped'])}")
     return 0
 
 

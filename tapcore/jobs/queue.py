@@ -21,6 +21,7 @@ import logging
 from contextlib import contextmanager
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -30,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from tapcore.utils import atomic_write_json, read_json
+from tapcore.utils import DiskFullError, atomic_write_json, explain_disk_full, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ FINAL_STATES = ("done", "failed", "cancelled")
 
 # A worker that has not written a heartbeat for this long is considered dead (seconds).
 HEARTBEAT_STALE_S = 30.0
+# How long a writer waits for the SQLite lock held by another process before giving up (seconds).
+BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -168,18 +171,38 @@ class JobQueue:
         self.db_path = self.home / "jobs.sqlite"
         self.runs_dir = self.home / "runs"
         self.runs_dir.mkdir(exist_ok=True)
-        con = self._connect()
-        try:
-            con.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); runs its own transaction
-        finally:
-            con.close()
+        self._init_db()
+
+    def _init_db(self) -> None:
+        """WAL mode and the schema, retried while another process does the same on a new file.
+
+        Switching a fresh database to WAL can fail at once with "database is locked" (SQLite's busy
+        handler does not cover it) when two processes open a new workspace together: retry it.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                try:
+                    con.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+                    con.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
+                    con.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); runs its own transaction
+                finally:
+                    con.close()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the job queue {self.db_path} stayed locked for {BUSY_TIMEOUT_S:.0f} s "
+                                       "(another program holds it); try again in a moment") from exc
+                time.sleep(0.05)
 
     # -- plumbing -------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         con.row_factory = sqlite3.Row
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA busy_timeout=30000")
+        con.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         con.execute("PRAGMA synchronous=NORMAL")
         return con
 
@@ -191,7 +214,10 @@ class JobQueue:
             yield con
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            try:
+                con.execute("ROLLBACK")
+            except sqlite3.Error:  # a failed COMMIT (e.g. a full disk) may have ended the transaction already
+                pass
             raise
         finally:
             con.close()
@@ -219,28 +245,68 @@ class JobQueue:
         )
 
     # -- submitting and reading -----------------------------------------------------------------
-    def submit(self, spec: dict[str, Any], owner: str = "") -> str:
+    def submit(self, spec: dict[str, Any], owner: str = "", *, dedupe: bool = True) -> str:
         """Validate a job spec (``{"kind": ..., "params": {...}}``), create its run folder, enqueue it.
 
-        Returns the job id. Raises ValueError for an unknown kind or malformed spec.
+        Returns the job id. Raises ValueError for an unknown kind, a malformed spec, or inputs that
+        cannot work (:func:`tapcore.jobs.tasks.preflight`, e.g. masks without enough events). With
+        ``dedupe``, the same owner submitting the same spec again while it is still queued, running
+        or interrupted (two browser tabs, a double click) gets the existing job's id; see
+        :meth:`submit_once`.
         """
-        from tapcore.jobs.tasks import validate_spec
+        return self.submit_once(spec, owner, dedupe=dedupe)[0]
+
+    def submit_once(self, spec: dict[str, Any], owner: str = "", *, dedupe: bool = True) -> tuple[str, bool]:
+        """Like :meth:`submit`; returns ``(job id, reused)``, ``reused`` True when an identical active job
+        of the same owner was found and nothing new was queued.
+
+        The duplicate check, the run folder (``spec.json``, ``state.json``) and the row are made inside
+        one ``BEGIN IMMEDIATE`` transaction: concurrent submits never create the same job twice, and a
+        failure (a full disk, a busy database) leaves neither a row without its folder nor a folder
+        without its row.
+        """
+        from tapcore.jobs.tasks import preflight, validate_spec
 
         spec = validate_spec(spec)
+        preflight(spec, self.home)
         owner = (owner or os.environ.get("USER") or "anonymous").strip()[:64]
+        spec_json = json.dumps(spec, sort_keys=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         job_id = f"{stamp}-{spec['kind']}-{secrets.token_hex(3)}"
         run_dir = self.run_dir(job_id)
-        run_dir.mkdir(parents=True)
-        atomic_write_json(run_dir / "spec.json", {"id": job_id, "owner": owner, **spec})
-        atomic_write_json(run_dir / "state.json", {"state": "queued", "created": iso(_now())})
+        try:
+            with explain_disk_full(self.home):
+                try:
+                    return self._insert(spec, spec_json, owner, job_id, run_dir, dedupe)
+                except sqlite3.OperationalError as exc:
+                    raise _database_error(exc, self.db_path) from exc
+        except BaseException:
+            if run_dir.exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+    def _insert(self, spec: dict[str, Any], spec_json: str, owner: str, job_id: str, run_dir: Path,
+                dedupe: bool) -> tuple[str, bool]:
         with self._tx(immediate=True) as con:
+            if dedupe:
+                row = con.execute(
+                    "SELECT id FROM jobs WHERE owner = ? AND kind = ? AND spec = ? AND cancel_requested = 0 "
+                    "AND state IN ('queued', 'running', 'interrupted') ORDER BY seq LIMIT 1",
+                    (owner, spec["kind"], spec_json),
+                ).fetchone()
+                if row is not None:
+                    logger.info("job %s (%s) for %s is already queued or running: not submitted twice",
+                                row["id"], spec["kind"], owner)
+                    return row["id"], True
+            run_dir.mkdir(parents=True)
+            atomic_write_json(run_dir / "spec.json", {"id": job_id, "owner": owner, **spec})
+            atomic_write_json(run_dir / "state.json", {"state": "queued", "created": iso(_now())})
             con.execute(
                 "INSERT INTO jobs (id, owner, kind, spec, state, created) VALUES (?, ?, ?, ?, 'queued', ?)",
-                (job_id, owner, spec["kind"], json.dumps(spec), _now()),
+                (job_id, owner, spec["kind"], spec_json, _now()),
             )
         logger.info("submitted job %s (%s) for %s", job_id, spec["kind"], owner)
-        return job_id
+        return job_id, False
 
     def get(self, job_id: str) -> Job:
         """The job with this id; ValueError when there is none."""
@@ -427,7 +493,22 @@ class JobQueue:
         data.update({"state": state, "updated": iso(_now())}, **{k: v for k, v in extra.items() if v is not None})
         if extra.get("error") is None:
             data.pop("error", None)
-        atomic_write_json(path, data)
+        try:
+            atomic_write_json(path, data)
+        except OSError as exc:  # state.json mirrors the database, which stays the truth: never stop a worker
+            logger.warning("could not update %s (%s); the job queue database has the job's state", path, exc)
+
+
+def _database_error(exc: sqlite3.OperationalError, db_path: Path) -> Exception:
+    """A plain-words error for SQLite's full-disk and still-locked failures (others unchanged)."""
+    text = str(exc).lower()
+    if "disk is full" in text or "disk i/o error" in text:
+        return DiskFullError(f"the disk holding the job queue {db_path} is full (or failing), so the job was not "
+                             "queued; free some space and submit it again")
+    if "locked" in text or "busy" in text:
+        return RuntimeError(f"the job queue {db_path} stayed busy for {BUSY_TIMEOUT_S:.0f} s (another program holds "
+                            "it); the job was not queued; submit it again in a moment")
+    return exc
 
 
 def _kill_group(pid: int | None) -> None:

@@ -18,7 +18,8 @@ import traceback
 from pathlib import Path
 
 from tapcore.progress import MetricsLog
-from tapcore.utils import atomic_write_json, read_json
+from tapcore.utils import (DiskFullError, atomic_write_json, disk_full_message, is_disk_full, read_json,
+                           remove_stale_temporaries)
 
 logger = logging.getLogger("tapcore.jobs.run_job")
 
@@ -31,8 +32,15 @@ def _watch_parent(worker_pid: int) -> None:
         time.sleep(1.0)
 
 
-def error_message(exc: BaseException) -> str:
-    """The message shown to the user: ValueError texts are written for people, others get their type."""
+def error_message(exc: BaseException, run_dir: Path | None = None) -> str:
+    """The message shown to the user: ValueError texts are written for people, others get their type.
+
+    A full disk (ENOSPC / EDQUOT) says so in plain words, with the file it could not write.
+    """
+    if isinstance(exc, DiskFullError):
+        return str(exc)
+    if is_disk_full(exc):
+        return disk_full_message(exc, run_dir)  # type: ignore[arg-type]
     if isinstance(exc, (ValueError, FileNotFoundError)):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
@@ -53,13 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     from tapcore.jobs.tasks import run_task
 
     try:
+        # a job killed while writing left temporary files: this process owns the run folder now
+        for leftover in remove_stale_temporaries(run_dir):
+            logger.info("removed %s, left by an interrupted write", leftover.relative_to(run_dir))
         spec = read_json(run_dir / "spec.json")
         logger.info("job %s: %s on device %s", spec.get("id"), spec.get("kind"), os.environ.get("TAPCORE_DEVICE"))
         outputs = run_task(spec, run_dir, MetricsLog(run_dir / "metrics.jsonl"))
     except Exception as exc:  # every failure is reported to the user, with the traceback in the log
         traceback.print_exc()
         sys.stdout.flush()
-        atomic_write_json(run_dir / "result.json", {"ok": False, "error": error_message(exc)})
+        try:
+            atomic_write_json(run_dir / "result.json", {"ok": False, "error": error_message(exc, run_dir)})
+        except OSError:  # the disk is full even for a small file: the worker reports the exit code
+            traceback.print_exc()
         return 1
     result = {"ok": True, "outputs": outputs, **judge(str(spec.get("kind")), run_dir, outputs)}
     atomic_write_json(run_dir / "result.json", result)

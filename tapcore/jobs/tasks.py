@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tapcore.progress import ProgressFn
-from tapcore.utils import atomic_write_json
+from tapcore.utils import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,9 @@ def task_predict(params: dict[str, Any], run_dir: Path, progress: ProgressFn) ->
 
     cfg = _config(PredictConfig, params)
     _record_inputs(run_dir, dataset=dataset.meta, model=str(path), config=params.get("config") or {})
-    write_prediction(predict_movie(movie, path, cfg, progress=progress), run_dir / "prediction")
+    pred = predict_movie(movie, path, cfg, progress=progress)
+    with atomic_dir(run_dir / "prediction") as tmp:  # all files or none: never a half-written prediction
+        write_prediction(pred, tmp)
     return {"prediction": "prediction"}
 
 
@@ -202,6 +204,45 @@ def validate_spec(spec: Any) -> dict[str, Any]:
     if "config" in params and not isinstance(params["config"], dict):
         raise ValueError(f"'config' of a {kind} job must be a JSON object of options")
     return {"kind": kind, "params": params}
+
+
+#: Job kinds that learn from (or calibrate on) a dataset's event masks.
+MASK_KINDS = ("train_head", "compare", "calibrate")
+
+
+def preflight(spec: dict[str, Any], home: str | os.PathLike) -> None:
+    """Checks that need the workspace, run when a job is submitted, before it is queued.
+
+    A head, comparison or calibration job on a dataset whose masks hold no events, or too few to
+    train and calibrate (:func:`tapcore.events.readiness.check_head_masks`), is refused here with the
+    counts and the minimum instead of failing after minutes of work. Unknown datasets are left to
+    the job, which fails with the list of known ones.
+    """
+    kind, params = spec["kind"], spec["params"]
+    if kind not in MASK_KINDS:
+        return
+    from tapcore.config import config_from_dict
+    from tapcore.events.dataset import CropPairConfig
+    from tapcore.events.readiness import check_head_masks
+    from tapcore.workspace import Workspace
+
+    ws = Workspace(home)
+    try:
+        info = ws.dataset(str(params["dataset"]))
+    except ValueError:
+        return
+    if not info.has_masks:
+        raise ValueError(f"dataset {info.name!r} has no event masks; a {kind} job learns from them: add masks on "
+                         "the Data page or choose a dataset with masks")
+    config = params.get("config") or {}
+    if kind == "train_head":
+        window = config.get("dataset")
+    elif kind == "compare":
+        window = (config.get("head") or {}).get("dataset")
+    else:
+        window = None
+    cfg = config_from_dict(CropPairConfig, window) if window else None
+    check_head_masks(ws.load_masks(info.id), cfg, name=f"dataset {info.name!r}", build_windows=kind != "calibrate")
 
 
 def run_task(spec: dict[str, Any], run_dir: Path, progress: ProgressFn) -> dict[str, str]:

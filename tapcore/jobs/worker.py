@@ -18,10 +18,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tapcore.jobs.queue import Job, JobQueue, pid_alive
 from tapcore.progress import fraction_done, read_metrics
-from tapcore.utils import read_json
+from tapcore.utils import disk_full_message, is_disk_full, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,19 @@ class Worker:
         if result_path.exists():
             result_path.unlink()
         log_path = run_dir / "log.txt"
+        try:
+            proc = self._start(job, run_dir, log_path)
+        except OSError as exc:  # e.g. the disk is full: the job cannot even start its log
+            error = disk_full_message(exc, run_dir) if is_disk_full(exc) else f"the job could not start: {exc}"
+            self.queue.finish(job.id, "failed", error)
+            logger.warning("job %s failed to start: %s", job.id, error)
+            return "failed"
+        self._proc = proc
+        self.queue.set_pid(job.id, proc.pid)
+        logger.info("job %s (%s) started as pid %d", job.id, job.kind, proc.pid)
+        return self._watch(job, proc, run_dir, result_path)
+
+    def _start(self, job: Job, run_dir: Path, log_path: Path) -> subprocess.Popen:
         with open(log_path, "a", encoding="utf-8") as log:
             note = "resuming" if job.attempts > 1 else "starting"
             log.write(f"--- {note} job {job.id} (attempt {job.attempts}) on {self.device} ---\n")
@@ -124,9 +138,9 @@ class Worker:
                 env=env,
                 preexec_fn=_die_with_parent,
             )
-        self._proc = proc
-        self.queue.set_pid(job.id, proc.pid)
-        logger.info("job %s (%s) started as pid %d", job.id, job.kind, proc.pid)
+        return proc
+
+    def _watch(self, job: Job, proc: subprocess.Popen, run_dir: Path, result_path: Path) -> str:
         cancelled = False
         last_beat = 0.0
         while True:
@@ -155,11 +169,18 @@ class Worker:
         if cancelled:
             self.queue.finish(job.id, "cancelled", "cancelled by the user")
             return "cancelled"
-        result = read_json(result_path) if result_path.exists() else {}
+        try:
+            result = read_json(result_path) if result_path.exists() else {}
+        except ValueError as exc:  # a result.json cut short: the job is not trusted to be done
+            result = {"ok": False, "error": str(exc)}
         if rc == 0 and result.get("ok"):
-            self.queue.finish(job.id, "done", verdict=result.get("verdict"))
-            logger.info("job %s done", job.id)
-            return "done"
+            missing = [name for name, rel in (result.get("outputs") or {}).items() if not (run_dir / rel).exists()]
+            if not missing:
+                self.queue.finish(job.id, "done", verdict=result.get("verdict"))
+                logger.info("job %s done", job.id)
+                return "done"
+            result = {"ok": False, "error": f"the job reported success but its output(s) {', '.join(missing)} are "
+                                            "missing from its run folder; run it again"}
         error = result.get("error")
         if not error:
             if rc < 0:
