@@ -207,8 +207,16 @@ def test_slurm_requeue_resumes_from_the_checkpoint(tmp_path, cluster):
     _wait(lambda: q.get(job_id).state == "interrupted", 60, "the job to be marked interrupted")
     done_before = max(r["epoch"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "epoch")
     assert done_before < epochs, "the job finished before it was requeued; make it longer"
-    # Slurm holds a requeued job for ~2 minutes before it may start again; release it now
-    subprocess.run(["scontrol", "update", f"jobid={sid}", "StartTime=now"], check=True, capture_output=True)
+    # Slurm holds a requeued job for ~2 minutes before it may start again; release it once it is pending
+    def restarted() -> bool:
+        state = slurm.squeue_states([sid]).get(sid, ("", ""))[0]
+        if state == "PENDING":
+            subprocess.run(["scontrol", "update", f"jobid={sid}", "StartTime=now"], capture_output=True)
+        return state == "RUNNING" or q.get(job_id).state != "interrupted"
+
+    t0 = time.time()
+    _wait(restarted, 180, "Slurm to start the requeued job again", 0.5)
+    print(f"requeued job restarted after {time.time() - t0:.1f} s")
     job = wait_for(q, job_id, timeout=240)
     assert job.state == "done" and job.attempts == 2, (job.state, job.error)
     log = (run_dir / "log.txt").read_text()

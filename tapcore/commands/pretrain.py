@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -58,6 +59,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg.validate()
     movie = _read(args.movie, args.channel, args.plane).movie
     val_movie = _read(args.val, args.channel, args.plane).movie if args.val else None
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks (and writes)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process
     print(f"movie {args.movie}: {movie.shape[0]} frames of {movie.shape[1]} x {movie.shape[2]} px ({movie.dtype})"
           + (f"; validation movie {args.val}" if args.val else f"; validation: last {cfg.val_fraction:.0%} of frames"),
           flush=True)
