@@ -152,9 +152,9 @@ def _cluster_reason() -> str | None:
     return None
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster():
-    reason = _cluster_reason()
+    reason = _cluster_reason()  # asked once: sinfo takes ~9 s to give up on a controller that is down
     if reason:
         pytest.skip(reason)
 
@@ -176,6 +176,16 @@ def test_slurm_runs_a_job_and_reports_a_failed_one(tmp_path, cluster):
     assert "setup line ran" in log and f"as Slurm job {sid}" in log  # Slurm's output file is the job log
     failed = wait_for(q, bad, timeout=240)
     assert failed.state == "failed" and "missing" in failed.error, failed.error
+
+
+@pytest.mark.slurm
+def test_slurm_refusing_a_job_is_reported(tmp_path, cluster):
+    home = _home(tmp_path, TOML.replace('partition = "debug"', 'partition = "no-such-partition"'))
+    q = JobQueue(home)
+    with pytest.raises(ValueError, match="Slurm refused the job: .*(?i:partition)"):
+        q.submit({"kind": "pretrain", "params": {"dataset": "tiny", "config": _tiny_pretrain(1)}})
+    (job,) = q.list()
+    assert job.state == "failed" and "tapcore.toml" in job.error
 
 
 @pytest.mark.slurm

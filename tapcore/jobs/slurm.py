@@ -262,8 +262,20 @@ def reconcile(job: Any, state: Optional[str], reason: str = "") -> Optional[tupl
     return "failed", f"{why}{extra} before it recorded a result; see the log"
 
 
-def refresh(queue: Any) -> list[str]:
-    """Bring the queue's Slurm jobs up to date with squeue; returns the ids whose state changed."""
+_last_refresh: dict[str, float] = {}
+REFRESH_EVERY_S = 3.0  # the app lists jobs every few seconds; squeue need not answer each time
+
+
+def refresh(queue: Any, force: bool = False) -> list[str]:
+    """Bring the queue's Slurm jobs up to date with squeue; returns the ids whose state changed.
+
+    At most once per :data:`REFRESH_EVERY_S` per workspace unless ``force`` (the runners on the nodes
+    record every normal transition themselves; this catches the jobs Slurm ended without them).
+    """
+    key = str(queue.db_path)
+    if not force and time.time() - _last_refresh.get(key, 0.0) < REFRESH_EVERY_S:
+        return []
+    _last_refresh[key] = time.time()
     con = queue._connect()
     try:
         rows = con.execute("SELECT id FROM jobs WHERE worker LIKE ? AND state IN ('queued', 'running', "
