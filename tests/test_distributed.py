@@ -138,3 +138,22 @@ def test_global_batch_must_split_evenly_and_resume_needs_the_same_process_count(
     cfg = config_from_dict(PretrainConfig, {**CONFIG, "epochs": 3})
     with pytest.raises(ValueError, match="written by 2 process"):
         pretrain(read_movie(ddp_run / "movie.tif"), cfg, tmp_path / "r", resume=True)
+
+
+def test_a_checkpoint_from_before_distributed_training_still_resumes(tmp_path, ddp_run):
+    """Checkpoints written before ``dist_sampling`` / ``world_size`` existed resume as single-process ones."""
+    import io
+
+    from tapcore.io import read_movie
+
+    movie = read_movie(ddp_run / "movie.tif")
+    cfg = config_from_dict(PretrainConfig, {**CONFIG, "epochs": 1})
+    pretrain(movie, cfg, tmp_path / "old")
+    path = tmp_path / "old" / CHECKPOINT
+    ckpt = load_checkpoint(path)
+    del ckpt["world_size"], ckpt["config"]["dist_sampling"]
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    path.write_bytes(buf.getvalue())
+    result = pretrain(movie, config_from_dict(PretrainConfig, {**CONFIG, "epochs": 2}), tmp_path / "old", resume=True)
+    assert [h["epoch"] for h in result.history] == [1, 2]

@@ -58,6 +58,11 @@ def _wait(cond, timeout: float, what: str, poll: float = 0.2):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def _log(run_dir: Path) -> str:
+    log = run_dir / "log.txt"
+    return log.read_text()[-3000:] if log.is_file() else "(no log)"
+
+
 # -- without Slurm -----------------------------------------------------------------------------
 def test_config_section_is_read_and_checked(tmp_path):
     assert slurm.load_config(tmp_path) is None
@@ -194,6 +199,7 @@ def test_slurm_cancel_stops_a_running_job(tmp_path, cluster):
     q = JobQueue(home)
     job_id = q.submit({"kind": "pretrain", "params": {"dataset": "tiny", "config": _tiny_pretrain(500)}})
     _wait(lambda: q.get(job_id).state == "running", 120, "the job to start")
+    _wait(lambda: (job_id and read_metrics(q.run_dir(job_id) / "metrics.jsonl")), 120, "the first step")
     q.cancel(job_id)
     job = wait_for(q, job_id, timeout=60)
     assert job.state == "cancelled" and job.error == "cancelled by the user"
@@ -211,16 +217,24 @@ def test_slurm_requeue_resumes_from_the_checkpoint(tmp_path, cluster):
     epochs = 40
     job_id = q.submit({"kind": "pretrain", "params": {"dataset": "tiny", "config": _tiny_pretrain(epochs, 2)}})
     run_dir = q.run_dir(job_id)
-    _wait(lambda: (run_dir / "model" / "checkpoint" / "last.pt").is_file(), 180, "the first checkpoint", 0.05)
+    def first_checkpoint() -> bool:
+        job = q.get(job_id)
+        assert job.state not in ("failed", "cancelled", "done"), (job.state, job.error, _log(run_dir))
+        return (run_dir / "model" / "checkpoint" / "last.pt").is_file()
+
+    _wait(first_checkpoint, 180, "the first checkpoint", 0.05)
     sid = slurm.slurm_id(q.get(job_id))
     subprocess.run(["scontrol", "requeue", sid], check=True, capture_output=True)
+    t_requeue = time.time()
     _wait(lambda: q.get(job_id).state == "interrupted", 60, "the job to be marked interrupted")
     done_before = max(r["epoch"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "epoch")
     assert done_before < epochs, "the job finished before it was requeued; make it longer"
-    # Slurm holds a requeued job for ~2 minutes before it may start again; release it once it is pending
+    # Slurm holds a requeued job for ~2 minutes before it may start again; release it once it is pending,
+    # and not within the second of the requeue: slurmd refuses a credential made in the same second as
+    # the revocation of the old one ("Killing non-startable batch JobId=N: Job credential revoked")
     def restarted() -> bool:
         state = slurm.squeue_states([sid]).get(sid, ("", ""))[0]
-        if state == "PENDING":
+        if state == "PENDING" and time.time() - t_requeue > 2.5:
             subprocess.run(["scontrol", "update", f"jobid={sid}", "StartTime=now"], capture_output=True)
         return state == "RUNNING" or q.get(job_id).state != "interrupted"
 

@@ -353,7 +353,8 @@ def _check_resume(ckpt: dict[str, Any], cfg: PretrainConfig, data_sha: str, path
     if ckpt["data_sha256"] != data_sha:
         raise ValueError(f"{path} was trained on another movie (data hash differs); resume with the same movie "
                          "or use a new output folder")
-    old, new = dict(ckpt["config"]), config_to_dict(cfg)
+    # options added after a checkpoint was written count as their defaults (e.g. dist_sampling)
+    old, new = {**config_to_dict(PretrainConfig()), **dict(ckpt["config"])}, config_to_dict(cfg)
     changed = sorted(k for k in set(old) | set(new) if k not in _RESUME_FREE and old.get(k) != new.get(k))
     if changed:
         raise ValueError(f"cannot resume {path}: option(s) {', '.join(changed)} differ from the checkpoint's; "
