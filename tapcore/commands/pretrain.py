@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -59,6 +60,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = apply_preset(args.preset or overrides.get("preset") or "paper", overrides)
     movie = _read(args.movie, args.channel, args.plane).movie
     val_movie = _read(args.val, args.channel, args.plane).movie if args.val else None
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks (and writes)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process
     print(f"preset {cfg.preset}: bin {cfg.bin}, U-Net base {cfg.model.base_channels} depth {cfg.model.depth}, "
           f"patch {cfg.patch} px, batch {cfg.batch_size}, lr {cfg.lr:g}, {cfg.epochs} epochs x "
           f"{cfg.samples_per_epoch} pairs", flush=True)

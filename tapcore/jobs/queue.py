@@ -10,6 +10,9 @@ Job states::
     queued -> running -> done | failed | cancelled
                       -> interrupted (its worker died) -> running (resumed by a new worker) -> ...
 
+With a ``[slurm]`` section in ``$TAPCORE_HOME/tapcore.toml`` jobs are sent to Slurm on submit
+(:mod:`tapcore.jobs.slurm`; their ``worker`` is ``slurm:<id>`` and local workers never claim them).
+
 Each job has a run folder ``runs/<job id>/`` with ``spec.json``, ``state.json``, ``metrics.jsonl``,
 ``log.txt``, ``checkpoint/`` and its outputs.
 """
@@ -306,6 +309,11 @@ class JobQueue:
                 (job_id, owner, spec["kind"], spec_json, _now()),
             )
         logger.info("submitted job %s (%s) for %s", job_id, spec["kind"], owner)
+        slurm_cfg = _slurm_config(self.home)
+        if slurm_cfg is not None:
+            from tapcore.jobs import slurm
+
+            slurm.send(self, job_id, slurm_cfg)
         return job_id, False
 
     def get(self, job_id: str) -> Job:
@@ -327,7 +335,8 @@ class JobQueue:
             return None
 
     def list(self, states: tuple[str, ...] | None = None, kind: str | None = None, limit: int = 500) -> list[Job]:
-        """Jobs, newest first, optionally filtered by state and kind."""
+        """Jobs, newest first, optionally filtered by state and kind (Slurm jobs follow squeue first)."""
+        self.refresh_slurm()
         sql = "SELECT * FROM jobs"
         clauses, args = [], []
         if states:
@@ -345,6 +354,14 @@ class JobQueue:
             return [self._job(r) for r in con.execute(sql, args).fetchall()]
         finally:
             con.close()
+
+    def refresh_slurm(self) -> list[str]:
+        """Bring jobs sent to Slurm up to date with squeue (nothing to do without a [slurm] section)."""
+        if _slurm_config(self.home) is None:
+            return []
+        from tapcore.jobs import slurm
+
+        return slurm.refresh(self)
 
     # -- worker side ----------------------------------------------------------------------------
     def register_worker(self, device: str) -> str:
@@ -384,7 +401,8 @@ class JobQueue:
         alive = {w.id for w in self.alive_workers()}
         marked: list[str] = []
         with self._tx(immediate=True) as con:
-            rows = con.execute("SELECT * FROM jobs WHERE state = 'running'").fetchall()
+            rows = con.execute("SELECT * FROM jobs WHERE state = 'running' AND COALESCE(worker, '') "
+                               "NOT LIKE 'slurm:%'").fetchall()  # Slurm's jobs: tapcore.jobs.slurm.refresh
             for row in rows:
                 if row["worker"] in alive:
                     continue
@@ -415,7 +433,7 @@ class JobQueue:
         with self._tx(immediate=True) as con:
             row = con.execute(
                 "SELECT * FROM jobs WHERE state IN ('queued', 'interrupted') AND cancel_requested = 0 "
-                "ORDER BY seq LIMIT 1"
+                "AND COALESCE(worker, '') NOT LIKE 'slurm:%' ORDER BY seq LIMIT 1"
             ).fetchone()
             if row is None:
                 return None
@@ -477,6 +495,10 @@ class JobQueue:
         job = self.get(job_id)
         if job.state == "cancelled":
             self._write_state(job_id, "cancelled", error=job.error)
+        if job.worker and job.worker.startswith("slurm:"):
+            from tapcore.jobs import slurm
+
+            slurm.cancel(job)  # a running one is recorded cancelled by its runner as Slurm stops it
         return job.state
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -509,6 +531,15 @@ def _database_error(exc: sqlite3.OperationalError, db_path: Path) -> Exception:
         return RuntimeError(f"the job queue {db_path} stayed busy for {BUSY_TIMEOUT_S:.0f} s (another program holds "
                             "it); the job was not queued; submit it again in a moment")
     return exc
+
+
+def _slurm_config(home: Path):
+    """The workspace's ``[slurm]`` settings, or None (the local queue)."""
+    if not (home / "tapcore.toml").is_file():
+        return None
+    from tapcore.jobs.slurm import load_config
+
+    return load_config(home)
 
 
 def _kill_group(pid: int | None) -> None:

@@ -208,11 +208,16 @@ def ensure_worker(home: str | os.PathLike, device: str | None = None) -> int | N
 
     Used by the app so that ``streamlit run app.py`` alone is a working install. A lock file keeps
     two browser sessions from starting two workers at once. The device comes from ``device`` or
-    ``$TAPCORE_WORKER_DEVICE`` (default ``auto``).
+    ``$TAPCORE_WORKER_DEVICE`` (default ``auto``). With a ``[slurm]`` section in the workspace's
+    ``tapcore.toml`` no local worker is started (jobs go to Slurm).
     """
     queue = JobQueue(home)
     if queue.alive_workers():
         return None
+    from tapcore.jobs.queue import _slurm_config
+
+    if _slurm_config(queue.home) is not None:
+        return None  # jobs go to Slurm (tapcore.toml): no local worker
     lock_path = queue.home / "worker.lock"
     with open(lock_path, "a+", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -247,7 +252,11 @@ def ensure_worker(home: str | os.PathLike, device: str | None = None) -> int | N
 def wait_for(queue: JobQueue, job_id: str, timeout: float = 600.0, poll: float = 0.2) -> Job:
     """Block until a job reaches a final state (or ``timeout`` seconds pass); returns the job."""
     deadline = time.time() + timeout
+    last_refresh = 0.0
     while True:
+        if time.time() - last_refresh >= 2.0:  # Slurm jobs: follow squeue (runners record the rest)
+            last_refresh = time.time()
+            queue.refresh_slurm()
         job = queue.get(job_id)
         if job.state in ("done", "failed", "cancelled") or time.time() > deadline:
             return job

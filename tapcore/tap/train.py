@@ -11,6 +11,11 @@ Speed on a GPU: the movie, pair sampling and all augmentations stay on the devic
 per step (metrics accumulate on the device; ``.item()`` only every ``log_every`` steps); bf16
 autocast and channels_last on CUDA; fused Adam; optional ``torch.compile`` (``compile=True``).
 
+Several processes (``torchrun --nproc-per-node N tapcore pretrain ...``, or a multi-node
+rendezvous): data-parallel training, :mod:`tapcore.distributed` (``batch_size`` is the global
+batch, split evenly over the processes; rank 0 validates and writes; ``world_size`` is recorded in
+the checkpoint and the bundle manifest). A single process is the default and runs as before.
+
 Learning-rate decay (**ours**, the paper says only "learning rate decay"; tarrow uses a cyclic
 schedule): cosine decay per step from ``lr`` to ``lr * min_lr_ratio`` over all epochs.
 """
@@ -31,6 +36,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from tapcore import distributed as ddp
 from tapcore.config import config_from_dict, config_to_dict
 from tapcore.progress import MetricsLog, ProgressFn, chain
 from tapcore.tap.data import AugmentConfig, PairSampler, extract_pairs, flip_order, sample_pair_coords
@@ -84,6 +90,10 @@ class PretrainConfig:
         augment: the :class:`AugmentConfig` augmentations.
         preset: name of the preset these options started from (``tapcore.presets``; a record only,
             set by :func:`tapcore.presets.apply_preset`; None when built by hand).
+        dist_sampling: under torchrun, ``"rank"``: each process draws its own pairs (generator seeded
+            ``seed + rank``); ``"shared"``: each draws the same global batch (seed ``seed``) and keeps
+            its slice, i.e. exactly the pairs of one process (costs ``world_size`` x the sampling).
+            Ignored by a single process.
     """
 
     patch: int = 96
@@ -112,6 +122,7 @@ class PretrainConfig:
     model: TapConfig = field(default_factory=TapConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     preset: Optional[str] = None
+    dist_sampling: str = "rank"
 
     def validate(self) -> None:
         """Raise ValueError naming any option out of range."""
@@ -137,6 +148,8 @@ class PretrainConfig:
         from tapcore.binning import check_bin
 
         check_bin(self.bin)
+        if self.dist_sampling not in ("rank", "shared"):
+            raise ValueError(f"dist_sampling must be 'rank' or 'shared', got {self.dist_sampling!r}")
         self.model.validate()
         self.augment.validate()
 
@@ -253,11 +266,14 @@ def evaluate(model: torch.nn.Module, movie: torch.Tensor, coords: torch.Tensor, 
 def train_one_epoch(model: torch.nn.Module, sampler: PairSampler, optimizer: torch.optim.Optimizer,
                     scheduler: Any, cfg: PretrainConfig, device: str, epoch: int,
                     report: Optional[ProgressFn] = None, t_start: Optional[float] = None,
-                    forward: Optional[Any] = None) -> dict[str, float]:
+                    forward: Optional[Any] = None, dist_info: ddp.DistInfo = ddp.SINGLE) -> dict[str, float]:
     """One epoch of ``cfg.steps_per_epoch`` steps; returns the epoch's mean train metrics.
 
-    ``forward`` replaces ``model.forward_with_features`` (e.g. its ``torch.compile`` version).
+    ``forward`` replaces ``model.forward_with_features`` (e.g. its ``torch.compile`` or DDP version).
+    Under torchrun (``dist_info``) each process takes ``batch_size / world_size`` pairs per step and
+    the metrics are means over all processes.
     """
+    batch = ddp.local_batch(cfg.batch_size, dist_info)
     forward = forward if forward is not None else model.forward_with_features
     model.train()
     steps = cfg.steps_per_epoch
@@ -265,7 +281,7 @@ def train_one_epoch(model: torch.nn.Module, sampler: PairSampler, optimizer: tor
     sums = torch.zeros(4, dtype=torch.float32, device=device)  # loss, ce, decorr, correct
     t0 = time.time()
     for step in range(1, steps + 1):
-        x, y = sampler.sample(cfg.batch_size)  # (B, 2, 1, P, P), (B,)
+        x, y = sampler.sample(batch)  # (B, 2, 1, P, P), (B,)
         with _autocast(device, cfg.amp):
             logits, z = forward(x)
             loss = tap_loss(logits, y, z, cfg.lam, cfg.tau)
@@ -276,35 +292,56 @@ def train_one_epoch(model: torch.nn.Module, sampler: PairSampler, optimizer: tor
         with torch.no_grad():
             sums += torch.stack([loss.total.detach(), loss.ce.detach(), loss.decorr.detach(),
                                  (logits.detach().argmax(1) == y).float().mean()])
-        if report is not None and (step % cfg.log_every == 0 or step == steps):
-            s = (sums / step).tolist()  # the only host sync inside the epoch
+        if (report is not None or dist_info.enabled) and (step % cfg.log_every == 0 or step == steps):
+            s = (ddp.all_mean(sums, dist_info) / step).tolist()  # the only host sync inside the epoch
+            if report is None:
+                continue
             report({"stage": "pretrain", "kind": "step", "epoch": epoch, "epochs": cfg.epochs, "step": step,
                     "steps": steps, "elapsed_s": time.time() - t_start, "train_loss": s[0], "train_decorr": s[2],
                     "train_acc": s[3], "lr": optimizer.param_groups[0]["lr"],
                     "pairs_per_s": step * cfg.batch_size / max(time.time() - t0, 1e-9)})
-    s = (sums / steps).tolist()
+    s = (ddp.all_mean(sums, dist_info) / steps).tolist()
     return {"train_loss": s[0], "train_ce": s[1], "train_decorr": s[2], "train_acc": s[3],
             "lr": optimizer.param_groups[0]["lr"], "pairs_per_s": steps * cfg.batch_size / max(time.time() - t0, 1e-9)}
 
 
 # -- checkpoints --------------------------------------------------------------------------------
-def _rng_state(sampler: PairSampler, device: str) -> dict[str, Any]:
+def _rng_state(sampler: PairSampler, device: str, dist_info: ddp.DistInfo = ddp.SINGLE) -> dict[str, Any]:
     state = {"sampler": sampler.gen.get_state(), "torch": torch.get_rng_state()}
     if device.startswith("cuda"):
         state["cuda"] = torch.cuda.get_rng_state(torch.device(device))
+    if dist_info.enabled:  # every process's generators (a collective: all ranks call this)
+        state["ranks"] = ddp.gather_objects(state, dist_info)
     return state
+
+
+def _set_rng_state(rng: dict[str, Any], gen: torch.Generator, device: str, dist_info: ddp.DistInfo,
+                   world_size: int, path: Path) -> None:
+    if world_size != dist_info.world_size:
+        raise ValueError(f"{path} was written by {world_size} process(es); resume it with the same number "
+                         f"(torchrun --nproc-per-node {world_size}), or use a new output folder")
+    if "ranks" in rng:
+        rng = rng["ranks"][dist_info.rank]
+    gen.set_state(rng["sampler"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and device.startswith("cuda"):
+        torch.cuda.set_rng_state(rng["cuda"], torch.device(device))
 
 
 def _save_checkpoint(path: Path, model: TapModel, optimizer, scheduler, sampler: PairSampler, epoch: int,
                      history: list[dict[str, Any]], cfg: PretrainConfig, data_sha: str, device: str,
-                     train_time: float) -> None:
+                     train_time: float, dist_info: ddp.DistInfo = ddp.SINGLE) -> None:
+    rng = _rng_state(sampler, device, dist_info)
+    if not dist_info.main:
+        return  # rank 0 writes the checkpoint
     payload = {
         "format": "tapcore-pretrain-checkpoint-v1",
         "epoch": int(epoch),
         "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": _rng_state(sampler, device),
+        "rng": rng,
+        "world_size": int(dist_info.world_size),
         "history": history,
         "config": config_to_dict(cfg),
         "data_sha256": data_sha,
@@ -332,8 +369,8 @@ def _check_resume(ckpt: dict[str, Any], cfg: PretrainConfig, data_sha: str, path
     if ckpt["data_sha256"] != data_sha:
         raise ValueError(f"{path} was trained on another movie (data hash differs); resume with the same movie "
                          "or use a new output folder")
-    old, new = dict(ckpt["config"]), config_to_dict(cfg)
-    old.setdefault("bin", 1)  # checkpoints from before binning existed were unbinned
+    # options added after a checkpoint was written count as their defaults (bin 1, dist_sampling ...)
+    old, new = {**config_to_dict(PretrainConfig()), **dict(ckpt["config"])}, config_to_dict(cfg)
     changed = sorted(k for k in set(old) | set(new) if k not in _RESUME_FREE and old.get(k) != new.get(k))
     if changed:
         raise ValueError(f"cannot resume {path}: option(s) {', '.join(changed)} differ from the checkpoint's; "
@@ -363,6 +400,8 @@ def pretrain(movie: np.ndarray, cfg: Optional[PretrainConfig] = None, out_dir: s
     cfg = cfg if cfg is not None else PretrainConfig()
     cfg.validate()
     device = resolve_device(cfg.device)
+    dist_info, device = ddp.setup(device)  # torchrun: join the process group, one GPU per process
+    ddp.local_batch(cfg.batch_size, dist_info)  # the global batch must split evenly
     out_dir = Path(out_dir)
     t_start = time.time()
 
@@ -388,8 +427,11 @@ def pretrain(movie: np.ndarray, cfg: Optional[PretrainConfig] = None, out_dir: s
     movie_t = torch.from_numpy(train_np).to(device)  # (T, Y, X) float32
     val_t = movie_t if val_movie is None else torch.from_numpy(val_np).to(device)
     gen = torch.Generator(device=device)
-    gen.manual_seed(int(cfg.seed))
+    per_rank = dist_info.enabled and cfg.dist_sampling == "rank"
+    gen.manual_seed(int(cfg.seed) + (dist_info.rank if per_rank else 0))
     sampler = PairSampler(movie_t, cfg.patch, cfg.dt, train_frames, dataclasses.replace(cfg.augment), gen)
+    if dist_info.enabled and not per_rank:
+        sampler = ddp.SliceSampler(sampler, dist_info)
     v_coords, v_labels = val_pairs(tuple(val_t.shape), cfg.val_samples, cfg.patch, val_frames, cfg.seed + 7919,
                                    cfg.dt, device)
 
@@ -408,42 +450,52 @@ def pretrain(movie: np.ndarray, cfg: Optional[PretrainConfig] = None, out_dir: s
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        gen.set_state(ckpt["rng"]["sampler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if "cuda" in ckpt["rng"] and device.startswith("cuda"):
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], torch.device(device))
+        _set_rng_state(ckpt["rng"], gen, device, dist_info, int(ckpt.get("world_size", 1)), ckpt_path)
         start_epoch, history, train_time = int(ckpt["epoch"]), list(ckpt["history"]), float(ckpt["train_time_s"])
         logger.info("resuming TAP pretraining from epoch %d of %d (%s)", start_epoch, cfg.epochs, ckpt_path)
     elif resume:
         logger.info("no checkpoint in %s: starting from scratch", out_dir)
-    if start_epoch == 0 and (out_dir / "metrics.jsonl").is_file():
+    ddp.barrier(dist_info)  # every rank has read the checkpoint before rank 0 writes anew
+    if dist_info.main and start_epoch == 0 and (out_dir / "metrics.jsonl").is_file():
         (out_dir / "metrics.jsonl").unlink()  # a fresh run starts a fresh log (resumed runs append)
 
-    forward = model.forward_with_features
+    forward = eval_forward = model.forward_with_features
     if cfg.compile and device.startswith("cuda"):
-        forward = torch.compile(model.forward_with_features)  # state dict keys stay unchanged
+        forward = eval_forward = torch.compile(model.forward_with_features)  # state dict keys stay unchanged
+    if dist_info.enabled:  # BatchNorm over the global batch; DDP averages the gradients
+        ddp.use_global_batchnorm(model)
+        forward = ddp.ddp_wrap(ddp.FeaturesForward(model), device, dist_info)
+        if cfg.compile and device.startswith("cuda"):
+            forward = torch.compile(forward)
 
-    report = chain(progress, MetricsLog(out_dir / "metrics.jsonl"))
-    logger.info("TAP pretraining on %s: %d epochs x %d steps x %d pairs (%d x %d px)", device, cfg.epochs,
-                cfg.steps_per_epoch, cfg.batch_size, cfg.patch, cfg.patch)
+    report = chain(progress, MetricsLog(out_dir / "metrics.jsonl")) if dist_info.main else None
+    logger.info("TAP pretraining on %s: %d epochs x %d steps x %d pairs (%d x %d px)%s", device, cfg.epochs,
+                cfg.steps_per_epoch, cfg.batch_size, cfg.patch, cfg.patch,
+                f"; process {dist_info.rank} of {dist_info.world_size}" if dist_info.enabled else "")
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t_epoch = time.time()
         train_m = train_one_epoch(model, sampler, optimizer, scheduler, cfg, device, epoch, report, t_start,
-                                  forward)
+                                  forward, dist_info)
         train_time += time.time() - t_epoch
-        val_m = evaluate(model, val_t, v_coords, v_labels, cfg, forward)
+        # rank 0 validates; the others wait for its figures here
+        val_m = ddp.broadcast_object(evaluate(model, val_t, v_coords, v_labels, cfg, eval_forward)
+                                     if dist_info.main else None, dist_info)
+        train_time = ddp.broadcast_object(train_time, dist_info)
         record = {"stage": "pretrain", "kind": "epoch", "epoch": epoch, "epochs": cfg.epochs,
                   "steps": cfg.steps_per_epoch, "step": cfg.steps_per_epoch, **train_m, **val_m,
                   "train_time_s": train_time, "elapsed_s": time.time() - t_start}
         history.append(record)
         _save_checkpoint(ckpt_path, model, optimizer, scheduler, sampler, epoch, history, cfg, data_sha, device,
-                         train_time)
-        report(record)
+                         train_time, dist_info)
+        if report is not None:
+            report(record)
+        ddp.barrier(dist_info)
         if cfg.max_time_s is not None and train_time >= cfg.max_time_s and epoch < cfg.epochs:
             logger.info("time budget of %.0f s reached after epoch %d: stopping", cfg.max_time_s, epoch)
             break
 
     model.eval()
+    ddp.use_plain_batchnorm(model)
     final = history[-1] if history else {}
     metrics = {
         "history": history,
@@ -467,15 +519,18 @@ def pretrain(movie: np.ndarray, cfg: Optional[PretrainConfig] = None, out_dir: s
         "train_frames": list(train_frames),
         "validation": val_desc,
         "data_stats": movie_statistics(np.asarray(movie)),  # compared with the movies the model meets later
+        "world_size": int(dist_info.world_size),
         **environment_info(device),
     }
     config = {"model": config_to_dict(model.cfg), "pretrain": config_to_dict(cfg),
               "normalize": {"pmin": cfg.pmin, "pmax": cfg.pmax}, "bin": int(cfg.bin)}
     model.to("cpu").to(memory_format=torch.contiguous_format)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_bundle(out_dir, kind="tap", config=config, state_dict=state, metrics=metrics, manifest=manifest)
-    report({"stage": "pretrain", "kind": "done", "epoch": len(history), "epochs": cfg.epochs,
-            "elapsed_s": time.time() - t_start, "val_acc": final.get("val_acc")})
+    if dist_info.main:
+        save_bundle(out_dir, kind="tap", config=config, state_dict=state, metrics=metrics, manifest=manifest)
+        report({"stage": "pretrain", "kind": "done", "epoch": len(history), "epochs": cfg.epochs,
+                "elapsed_s": time.time() - t_start, "val_acc": final.get("val_acc")})
+    ddp.barrier(dist_info)  # the bundle is complete before any process returns
     return PretrainResult(out_dir=out_dir, model=model, history=history, metrics=metrics)
 
 
