@@ -1,4 +1,4 @@
-"""Train the small demo model shipped in ``models/demo/`` (CPU, about 10 minutes at 1 thread).
+"""Train the small demo model shipped in ``models/demo/`` (CPU: 482 s at 1 thread, measured on a busy 2-core machine).
 
 The app opens on the synthetic demo movie (``tapcore.synthetic.SynthConfig()``, seed 0) and this
 model, so a new user sees predictions at once. Steps, all with the library's public functions:
@@ -11,8 +11,10 @@ model, so a new user sees predictions at once. Steps, all with the library's pub
    for the whole CPU budget, on the demo movie as on real data; without it it learns the movie's
    time arrows (nuclei grow through their cycle, condense before they split, shrink and fragment
    when they die) within a few minutes;
-2. train an A1 head (frozen TAP features + small ResNet head, the paper's A1) to tell divisions and
-   deaths from nothing (``three_class``);
+2. train an A1 head (frozen TAP features + the paper's ResNet head, here at 16 instead of 64
+   channels: ``resnet_lite``) to tell divisions and deaths from nothing (``three_class``). On a movie
+   it never saw it finds most divisions but marks many non-dividing nuclei too (docs/results.md,
+   "Demo model");
 3. fit temperature (+ event bias) scaling on the validation crop pairs (``calibration.json``).
 
 Output: ``models/demo/`` (the self-contained event-head bundle, referred to as ``shipped:demo``),
