@@ -4,9 +4,12 @@ This is the embedded demo and the test fixture. Every process carries an arrow o
 time arrow prediction (TAP) has something real to learn and the event heads have real events:
 
 - **growth**: through its cell cycle a nucleus grows and its brightness rises steadily (histone
-  content doubles before mitosis); daughters are born small and dim;
-- **mitosis**: in the frames before the split the mother condenses (smaller, rounder, brighter,
-  smoother texture), then it splits into two daughters that move apart and relax;
+  content doubles before mitosis); daughters are born small and dim. The defaults make this cue
+  visible in every frame pair (radius 5 -> 11 px over a cycle of about 20 frames, ~0.3 px per
+  frame), strong enough that a tiny TAP network learns it in minutes on a CPU;
+- **mitosis**: in her last frame(s) before the split (``mitosis_frames``, 1 by default: the marked
+  frame, so no unmarked frame looks like a division) the mother rounds up and condenses (smaller,
+  rounder, brighter, smoother texture), then it splits into two daughters that move apart and relax;
 - **apoptosis**: a dying nucleus shrinks and brightens, fragments into pieces that drift apart,
   fades, and never comes back;
 - **acquisition**: photobleaching (signal decays monotonically), an illumination gradient that
@@ -43,15 +46,15 @@ class SynthConfig:
     height: int = 256  # frame height Y
     width: int = 256  # frame width X
     cells: int = 25  # nuclei in the first frame
-    max_cells: int = 80  # no new division starts once this many nuclei are alive
-    division_rate: float = 0.03  # per-frame probability of mitosis once a nucleus is past min_cycle_frames
+    max_cells: int = 110  # no new division starts once this many nuclei are alive
+    division_rate: float = 0.12  # per-frame probability of mitosis once a nucleus is past min_cycle_frames
     # (each nucleus draws its cycle length at birth: min_cycle_frames + a geometric wait with this rate)
-    death_rate: float = 0.006  # probability per frame that an interphase nucleus starts dying
-    radius_min: float = 6.0  # radius of a newborn nucleus (mean of the two semi-axes)
-    radius_max: float = 10.0  # radius of a nucleus about to divide
+    death_rate: float = 0.01  # probability per frame that an interphase nucleus starts dying
+    radius_min: float = 5.0  # radius of a newborn nucleus (mean of the two semi-axes)
+    radius_max: float = 11.0  # radius of a nucleus about to divide
     dna_growth: float = 1.0  # relative brightness gain over the cell cycle (1.0: doubles before mitosis)
-    min_cycle_frames: int = 6  # a nucleus divides at the earliest this many frames after its birth
-    mitosis_frames: int = 3  # frames of condensation before the split (the last one is marked)
+    min_cycle_frames: int = 12  # a nucleus divides at the earliest this many frames after its birth
+    mitosis_frames: int = 1  # frames of condensation before the split (the last mark_frames of them are marked)
     death_frames: int = 6  # frames from the start of apoptosis to disappearance (all marked)
     mark_frames: int = 1  # frames marked before and after a split (mother's last, daughters' first)
     speed: float = 0.8  # typical random-walk speed of a nucleus (px/frame)

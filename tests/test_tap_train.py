@@ -19,7 +19,7 @@ from tapcore.tap.train import CHECKPOINT, PretrainConfig, load_checkpoint, pretr
 TINY_MODEL = TapConfig(base_channels=4, depth=1, features=4, head_channels=4)
 # fast-cycling synthetic nuclei: they grow, brighten, divide and die within a few frames
 FAST = dict(height=64, width=64, cells=10, radius_min=3, radius_max=7, division_rate=0.3, death_rate=0.05,
-            min_cycle_frames=3, max_cells=40)
+            min_cycle_frames=3, max_cells=40, mitosis_frames=3)
 
 
 def _tiny_cfg(**kw) -> PretrainConfig:
