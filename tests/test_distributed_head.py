@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tapcore.bundle import load_bundle, save_bundle
 from tapcore.config import config_to_dict
-from tapcore.events.dataset import CropPairConfig, build_crop_pairs
+from tapcore.events.dataset import CropPairConfig
 from tapcore.events.model import load_event_model
 from tapcore.events.train import HeadConfig, random_backbone, train_head
 from tapcore.io import write_tiff
