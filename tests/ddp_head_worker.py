@@ -6,7 +6,8 @@ runs, in one process group, with ``DATA_DIR`` holding ``movie.tif``, ``masks.tif
 
 1. ``a0/``: ``tapcore train-head`` (the CLI), strategy A0 (frozen TAP backbone, linear head);
 2. ``c0/``: the library's ``train_head``, strategy C0 (backbone with BatchNorm trained end to end);
-3. a global batch that does not split over 2 processes: the error message goes to ``odd-rank<R>.txt``.
+3. ``c0-b38/``: C0 for 1 epoch in batches of 38 (the last batch of 1 pair: rank 1's share is empty);
+4. a global batch that does not split over 2 processes: the error message goes to ``odd-rank<R>.txt``.
 
 Every bundle and array write is logged per rank to ``DATA_DIR/writes-rank<R>.jsonl``.
 """
@@ -50,6 +51,9 @@ def main() -> int:
     cfg = train.HeadConfig(**{**kw["c0"], "strategy": "C0", "dataset": train.CropPairConfig(**kw["dataset"])})
     train.train_head(movie, masks, out / "tap", cfg, out / "c0")
     import dataclasses
+
+    # 39 training pairs in batches of 38: the last batch of 1 pair leaves rank 1 an empty share
+    train.train_head(movie, masks, out / "tap", dataclasses.replace(cfg, batch_size=38, epochs=1), out / "c0-b38")
 
     try:
         train.train_head(movie, masks, out / "tap", dataclasses.replace(cfg, batch_size=7), out / "odd")

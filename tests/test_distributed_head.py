@@ -114,6 +114,24 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path, data, ddp_
     assert load_bundle(tmp_path / "single", kind="event_head").manifest["world_size"] == 1
 
 
+def test_a_rank_with_an_empty_share_of_the_last_batch_still_follows_one_process(tmp_path, data, ddp_run):
+    _, synth = data
+    cfg = dataclasses.replace(_head_cfg("C0", feature_margin=4), batch_size=38, epochs=1)
+    single = train_head(synth.movie, synth.masks, ddp_run / "tap", cfg, tmp_path / "single")
+    assert len(single.pairs.train) == 39  # batches of 38 + 1: shares 19 + 19, then 1 + 0
+    h2 = load_bundle(ddp_run / "c0-b38", kind="event_head").metrics["history"]
+    np.testing.assert_allclose([h["train_loss"] for h in h2], [h["train_loss"] for h in single.history], rtol=RTOL)
+    assert [h["train_acc"] for h in h2] == [h["train_acc"] for h in single.history]
+    # the step on the last pair (its gradient and BatchNorm statistics come from rank 0 alone) moved the
+    # parameters as in one process (measured: <= 1.4e-6 apart). The BatchNorm running variances are not
+    # compared here: they differ by up to 5e-4 (values ~1; 1.5e-4 in the batch-16 run above) for a reason
+    # not yet found, although GlobalBatchNorm2d's weighted statistics alone match BatchNorm2d to 1e-7
+    a, b = single.model.state_dict(), load_event_model(ddp_run / "c0-b38").state_dict()
+    for k, _ in single.model.named_parameters():
+        if k not in NOISE_DRIVEN:
+            np.testing.assert_allclose(b[k].float().numpy(), a[k].float().numpy(), rtol=1e-4, atol=5e-5, err_msg=k)
+
+
 def test_only_rank_0_writes_the_bundle(ddp_run):
     assert not (ddp_run / "writes-rank1.jsonl").exists()
     writes = [json.loads(line) for line in (ddp_run / "writes-rank0.jsonl").read_text().splitlines()]
