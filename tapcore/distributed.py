@@ -130,7 +130,8 @@ _SHARES: Optional[tuple[int, ...]] = None  # samples per rank of the current ste
 def batch_shares(shares: "list[int] | tuple[int, ...]"):
     """Within the block, :class:`GlobalBatchNorm2d` weights each rank's statistics by its share of the
     global batch (``shares[r]`` samples on rank ``r``, known alike on every rank, e.g. the last, smaller
-    batch of an epoch split over the ranks). Equal shares take the unweighted path."""
+    batch of an epoch split over the ranks; the weights are the rows each layer sees, all-reduced).
+    Equal shares take the unweighted path (no extra collective)."""
     global _SHARES
     old, _SHARES = _SHARES, tuple(int(n) for n in shares)
     try:
@@ -158,14 +159,17 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         world = dist.get_world_size()
         xf = x.float()
         shares = _SHARES
-        if shares is not None and len(set(shares)) > 1:  # unequal shares: weight rank r by shares[r] / total
-            total = sum(shares)
+        if shares is not None and len(set(shares)) > 1:  # unequal shares: weight each rank by its rows
+            # the rows this layer sees per rank (a model may feed it several rows per sample): one more all-reduce
+            rows = torch.tensor([float(x.shape[0])], device=x.device)
+            dist.all_reduce(rows)
+            total = float(rows.item())
             n_total = total * x.shape[2] * x.shape[3]
             if x.shape[0]:
                 var_r, mean_r = torch.var_mean(xf, dim=(0, 2, 3), correction=0)
             else:  # an empty share: zero weight (kept in the graph so that backward runs on every rank)
                 var_r = mean_r = xf.sum(dim=(0, 2, 3)) * 0
-            w = shares[dist.get_rank()] / total
+            w = x.shape[0] / total
             mean = all_reduce(mean_r * w)
             var = all_reduce((var_r + (mean_r - mean) ** 2) * w)
         else:
