@@ -26,6 +26,7 @@ What the loops do with it (TAP pretraining, :mod:`tapcore.tap.train`):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import logging
 import os
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DistInfo", "env_world", "setup", "local_batch", "GlobalBatchNorm2d", "use_global_batchnorm",
            "use_plain_batchnorm", "barrier", "all_mean", "gather_objects", "broadcast_flag", "broadcast_object",
-           "ddp_wrap", "SliceSampler", "FeaturesForward", "SINGLE"]
+           "ddp_wrap", "SliceSampler", "FeaturesForward", "batch_shares", "SINGLE"]
 
 TIMEOUT = datetime.timedelta(minutes=30)  # rank 0 validates and writes while the others wait
 
@@ -122,6 +123,23 @@ def local_batch(batch_size: int, info: DistInfo) -> int:
 
 
 # -- BatchNorm over the global batch ------------------------------------------------------------
+_SHARES: Optional[tuple[int, ...]] = None  # samples per rank of the current step when they may differ
+
+
+@contextlib.contextmanager
+def batch_shares(shares: "list[int] | tuple[int, ...]"):
+    """Within the block, :class:`GlobalBatchNorm2d` weights each rank's statistics by its share of the
+    global batch (``shares[r]`` samples on rank ``r``, known alike on every rank, e.g. the last, smaller
+    batch of an epoch split over the ranks; the weights are the rows each layer sees, all-reduced).
+    Equal shares take the unweighted path (no extra collective)."""
+    global _SHARES
+    old, _SHARES = _SHARES, tuple(int(n) for n in shares)
+    try:
+        yield
+    finally:
+        _SHARES = old
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """``BatchNorm2d`` whose training statistics are those of the batch of all ranks together.
 
@@ -139,11 +157,26 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         all_reduce = _AllReduceSum.apply
         world = dist.get_world_size()
-        n_total = x.shape[0] * x.shape[2] * x.shape[3] * world
         xf = x.float()
-        var_r, mean_r = torch.var_mean(xf, dim=(0, 2, 3), correction=0)  # (C,), (C,)
-        mean = all_reduce(mean_r) / world
-        var = all_reduce(var_r + (mean_r - mean) ** 2) / world
+        shares = _SHARES
+        if shares is not None and len(set(shares)) > 1:  # unequal shares: weight each rank by its rows
+            # the rows this layer sees per rank (a model may feed it several rows per sample): one more all-reduce
+            rows = torch.tensor([float(x.shape[0])], device=x.device)
+            dist.all_reduce(rows)
+            total = float(rows.item())
+            n_total = total * x.shape[2] * x.shape[3]
+            if x.shape[0]:
+                var_r, mean_r = torch.var_mean(xf, dim=(0, 2, 3), correction=0)
+            else:  # an empty share: zero weight (kept in the graph so that backward runs on every rank)
+                var_r = mean_r = xf.sum(dim=(0, 2, 3)) * 0
+            w = x.shape[0] / total
+            mean = all_reduce(mean_r * w)
+            var = all_reduce((var_r + (mean_r - mean) ** 2) * w)
+        else:
+            n_total = x.shape[0] * x.shape[2] * x.shape[3] * world
+            var_r, mean_r = torch.var_mean(xf, dim=(0, 2, 3), correction=0)  # (C,), (C,)
+            mean = all_reduce(mean_r) / world
+            var = all_reduce(var_r + (mean_r - mean) ** 2) / world
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

@@ -98,13 +98,14 @@ def test_sbatch_options_and_batch_script(tmp_path):
     assert lines[0] == "#!/bin/bash" and "module load cuda" in lines
     assert lines.index("module load cuda") < lines.index(f"export TAPCORE_HOME={tmp_path}")
     assert f"exec /opt/venv/bin/python -m tapcore.jobs.slurm run {run_dir}" in lines
-    # multi-GPU pretraining runs under torchrun, one process per GPU; other kinds as one process
+    # multi-GPU pretraining and head training run under torchrun, one process per GPU; other kinds as one process
     env = {"SLURM_GPUS_ON_NODE": "2"}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
         cmd = slurm.job_command({"kind": "pretrain"}, run_dir)
         assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+        assert slurm.job_command({"kind": "train_head"}, run_dir)[1:5] == cmd[1:5]
         assert slurm.job_command({"kind": "predict"}, run_dir)[1:3] == ["-m", "tapcore.jobs.run_job"]
 
 

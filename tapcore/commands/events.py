@@ -97,6 +97,11 @@ def _cmd_train_head(args: argparse.Namespace) -> int:
                   f" | val loss {rec['val_loss']:.4f} acc {rec['val_acc']:.3f} | {rec['elapsed_s']:.0f} s", flush=True)
 
     res = train_head(movie, masks, args.tap, cfg, args.out, progress=show)
+    from tapcore.distributed import env_world
+
+    world = env_world()
+    if world is not None and world[0] != 0:
+        return 0  # under torchrun rank 0 reports (and wrote the bundle)
     t = res.metrics["test"]
     print(f"test ({res.metrics['split']['split']} split, {t['n']} pairs): confusion matrix {t['confusion_matrix']}")
     for k, name in enumerate(t["class_names"]):

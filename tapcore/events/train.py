@@ -17,6 +17,17 @@ Training (research code): Adam, lr 1e-3, batch 108, class-balanced training set,
 - ``test_logits.npy`` / ``test_labels.npy`` / ``test_coords.npy`` ``(N_test, 3) [t, y, x]``;
 - ``per_frame.csv``: the per-frame distributions of the test set (paper Figures 3-4);
 - ``metrics.jsonl``: one record per epoch (also sent to the ``progress`` callback).
+
+Data-parallel training (``torchrun --nproc-per-node N tapcore train-head ...``, :mod:`tapcore.distributed`):
+every rank draws the same shuffled order of training pairs (generator seeded ``seed``) and takes its
+slice of each global batch of ``batch_size`` pairs (``batch_size / world_size`` each; it must divide
+evenly; the last, smaller batch of an epoch is split as evenly as it goes). Gradients are averaged by
+``DistributedDataParallel`` over the trained parameters (the head for A and B, whose backbone is
+frozen; the whole model for C), BatchNorm uses the statistics of the global batch
+(:class:`~tapcore.distributed.GlobalBatchNorm2d`) and the loss of each rank is scaled by its share,
+so a step of N processes is the step of one process with the same global batch (same pairs, same
+order; equal up to float rounding). Rank 0 alone validates, computes the calibration and test logits
+and writes the bundle (``manifest.json`` records ``world_size``); the others wait at a barrier.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tapcore import distributed as ddp
 from tapcore.config import config_to_dict
 from tapcore.events.dataset import CropPairConfig, CropPairs, build_crop_pairs, extract_crops
 from tapcore.events.features import FeatureConfig, FrameFeatures, frame_features
@@ -156,10 +168,16 @@ class _Source:
 
 def train_one_epoch(net: nn.Module, source: _Source, coords: np.ndarray, labels: np.ndarray,
                     opt: torch.optim.Optimizer, batch_size: int, rng: np.random.Generator, device: str,
-                    on_step=None) -> dict[str, float]:
-    """One pass over the (shuffled) training pairs; returns mean loss and accuracy."""
+                    on_step=None, dist_info: ddp.DistInfo = ddp.SINGLE) -> dict[str, float]:
+    """One pass over the (shuffled) training pairs; returns mean loss and accuracy.
+
+    Under torchrun (``dist_info``) ``net`` is the DDP-wrapped module and each rank trains on its slice
+    of every global batch; the figures returned are those of the global batches (all ranks).
+    """
     net.train()
     order = rng.permutation(len(labels))
+    if dist_info.enabled:
+        return _train_one_epoch_ddp(net, source, coords, labels, opt, batch_size, order, device, on_step, dist_info)
     total_loss, correct, seen = 0.0, 0, 0
     steps = (len(order) + batch_size - 1) // batch_size
     for step, i in enumerate(range(0, len(order), batch_size), start=1):
@@ -176,6 +194,35 @@ def train_one_epoch(net: nn.Module, source: _Source, coords: np.ndarray, labels:
         seen += len(idx)
         if on_step is not None:
             on_step(step, steps)
+    return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+def _train_one_epoch_ddp(net: nn.Module, source: _Source, coords: np.ndarray, labels: np.ndarray,
+                         opt: torch.optim.Optimizer, batch_size: int, order: np.ndarray, device: str, on_step,
+                         dist_info: ddp.DistInfo) -> dict[str, float]:
+    """:func:`train_one_epoch` on this rank's slices of the shared global batches."""
+    world, rank = dist_info.world_size, dist_info.rank
+    sums = torch.zeros(3, dtype=torch.float64)  # cross-entropy sum, correct, pairs (this rank)
+    steps = (len(order) + batch_size - 1) // batch_size
+    for step, i in enumerate(range(0, len(order), batch_size), start=1):
+        glob = order[i:i + batch_size]
+        parts = np.array_split(glob, world)  # equal slices of b / world_size; the last batch as even as it goes
+        idx = parts[rank]
+        x = source(coords[idx], device)
+        y = torch.from_numpy(labels[idx]).to(device)
+        with ddp.batch_shares([len(p) for p in parts]):
+            logits = net(x)  # (b, K)
+        ce = F.cross_entropy(logits, y, reduction="sum")
+        loss = ce * (world / len(glob))  # DDP averages over ranks: the gradient of the global batch's mean loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sums += torch.tensor([float(ce.detach()), int((logits.argmax(1) == y).sum()), len(idx)], dtype=torch.float64)
+        if on_step is not None:
+            on_step(step, steps)
+    total = sums.to(device)  # nccl reduces device tensors only
+    torch.distributed.all_reduce(total)
+    total_loss, correct, seen = total.cpu().tolist()
     return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
 
 
@@ -306,6 +353,10 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
         raise ValueError(f"the movie must be (T, Y, X); got shape {movie.shape}")
     masks = check_masks(masks, movie)
     device = resolve_device(cfg.device)
+    dist_info, device = ddp.setup(device)  # torchrun: join the process group, one GPU per process
+    ddp.local_batch(cfg.batch_size, dist_info)  # the global batch must split evenly
+    if not dist_info.main:
+        progress = None  # rank 0 reports and writes
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     out_dir = Path(out_dir)
@@ -324,9 +375,13 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
     seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh log for this run
-    emit = chain(progress, MetricsLog(out_dir / "metrics.jsonl"))
+    if dist_info.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh log for this run
+        emit = chain(progress, MetricsLog(out_dir / "metrics.jsonl"))
+    else:
+        def emit(rec: dict[str, Any]) -> None:
+            return None
     crop = int(cfg.dataset.crop)
     n_classes = pairs.n_classes
 
@@ -354,6 +409,10 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
         net.to(memory_format=torch.channels_last)
     source = _Source(feats, movie_norm, crop, head.margin, model.feature_margin)
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    train_net = net
+    if dist_info.enabled:  # BatchNorm over the global batch; DDP averages the gradients of the trained part
+        ddp.use_global_batchnorm(net)
+        train_net = ddp.ddp_wrap(net, device, dist_info)
     epochs = cfg.n_epochs
     history: list[dict[str, Any]] = []
     train_coords, train_labels = pairs.train.coords, pairs.train.labels
@@ -362,8 +421,9 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
     if cfg.epoch_val_pairs is not None and n_val > int(cfg.epoch_val_pairs):
         val_pick = np.sort(np.random.default_rng(cfg.seed + 7919).choice(n_val, int(cfg.epoch_val_pairs), replace=False))
     val_coords_epoch, val_labels_epoch = pairs.val.coords[val_pick], pairs.val.labels[val_pick]
-    logger.info("train_head %s (%s head, %d epochs) on %d training pairs, device %s", cfg.strategy,
-                cfg.head_name, epochs, len(train_labels), device)
+    logger.info("train_head %s (%s head, %d epochs) on %d training pairs, device %s%s", cfg.strategy,
+                cfg.head_name, epochs, len(train_labels), device,
+                f"; process {dist_info.rank} of {dist_info.world_size}" if dist_info.enabled else "")
     t_train = time.time()
     for epoch in range(1, epochs + 1):
         def on_step(step: int, steps: int, _epoch: int = epoch) -> None:
@@ -371,22 +431,30 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
                 progress({"stage": "train_head", "kind": "step", "epoch": _epoch, "epochs": epochs, "step": step,
                           "steps": steps, "elapsed_s": time.time() - t_start})
 
-        rec = train_one_epoch(net, source, train_coords, train_labels, opt, cfg.batch_size, rng, device, on_step)
+        rec = train_one_epoch(train_net, source, train_coords, train_labels, opt, cfg.batch_size, rng, device,
+                              on_step, dist_info)
         if frozen:
             model.backbone.eval()
-        val_logits = evaluate(net, source, val_coords_epoch, cfg.eval_batch, device)
-        val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_labels_epoch)))
-        rec = {"stage": "train_head", "kind": "epoch", "epoch": epoch, "epochs": epochs, **rec,
-               "val_loss": val_loss, "val_acc": float((val_logits.argmax(1) == val_labels_epoch).mean()),
+        val_m = None
+        if dist_info.main:  # rank 0 validates; the others wait for its figures here
+            val_logits = evaluate(net, source, val_coords_epoch, cfg.eval_batch, device)
+            val_m = {"val_loss": float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_labels_epoch))),
+                     "val_acc": float((val_logits.argmax(1) == val_labels_epoch).mean())}
+        val_m = ddp.broadcast_object(val_m, dist_info)
+        rec = {"stage": "train_head", "kind": "epoch", "epoch": epoch, "epochs": epochs, **rec, **val_m,
                "val_pairs": int(len(val_pick)),
                "elapsed_s": time.time() - t_start,
                "pairs_per_s": len(train_labels) * epoch / max(time.time() - t_train, 1e-9)}
         history.append(rec)
         emit(rec)
     train_time = time.time() - t_train
+    ddp.use_plain_batchnorm(net)
 
-    test_logits = evaluate(net, source, pairs.test.coords, cfg.eval_batch, device)
-    val_logits = evaluate(net, source, pairs.val.coords, cfg.eval_batch, device)
+    logits = None
+    if dist_info.main:  # the calibration (validation) and test logits: rank 0 only, shared with the others
+        logits = (evaluate(net, source, pairs.test.coords, cfg.eval_batch, device),
+                  evaluate(net, source, pairs.val.coords, cfg.eval_batch, device))
+    test_logits, val_logits = ddp.broadcast_object(logits, dist_info)
     test_m = split_metrics(test_logits, pairs.test.labels, pairs.test.coords[:, 0], n_classes, pairs.class_names)
     val_m = split_metrics(val_logits, pairs.val.labels, pairs.val.coords[:, 0], n_classes, pairs.class_names)
     per_frame = _per_frame(pairs.test.coords[:, 0], pairs.test.labels, test_logits, movie.shape[0] - 1)
@@ -425,17 +493,20 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
         "head_config": config_to_dict(cfg),
     }
     manifest = _manifest(movie, masks, cfg, device, str(tap_bundle) if tap_bundle else None,
-                         {"strategy": cfg.strategy, "split": cfg.dataset.split, "bin": int(b)})
+                         {"strategy": cfg.strategy, "split": cfg.dataset.split, "bin": int(b),
+                          "world_size": int(dist_info.world_size)})
     model.to("cpu")
     model.to(memory_format=torch.contiguous_format)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_bundle(out_dir, kind="event_head", config=config, state_dict=state, metrics=metrics, manifest=manifest)
-    _write_arrays(out_dir, val_logits, pairs.val.labels, test_logits, pairs.test.labels, pairs.test.coords,
-                  per_frame)
+    if dist_info.main:
+        save_bundle(out_dir, kind="event_head", config=config, state_dict=state, metrics=metrics, manifest=manifest)
+        _write_arrays(out_dir, val_logits, pairs.val.labels, test_logits, pairs.test.labels, pairs.test.coords,
+                      per_frame)
     model.config = config
     model.eval()
     emit({"stage": "train_head", "kind": "done", "epochs": epochs, "elapsed_s": time.time() - t_start,
           "test_precision": test_m["precision"], "test_recall": test_m["recall"]})
+    ddp.barrier(dist_info)  # the bundle is complete before any process returns
     return HeadResult(out_dir, model, pairs, metrics, history, np.asarray(test_m["confusion_matrix"]),
                       np.asarray(test_m["precision"]), np.asarray(test_m["recall"]), val_logits, pairs.val.labels,
                       test_logits, pairs.test.labels, train_time)

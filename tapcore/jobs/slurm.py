@@ -7,7 +7,7 @@ the same queue and run folders)::
     [slurm]
     partition = "gpu"              # sbatch --partition (optional)
     account = "my-lab"             # sbatch --account (optional)
-    gpus_per_job = 1               # --gpus-per-node; >1 runs pretraining under torchrun (DDP)
+    gpus_per_job = 1               # --gpus-per-node; >1 runs pretraining and head training under torchrun (DDP)
     cpus_per_job = 8               # --cpus-per-task
     mem = "32G"                    # --mem (optional)
     time_limit = "08:00:00"        # --time
@@ -304,10 +304,14 @@ def refresh(queue: Any, force: bool = False) -> list[str]:
 
 
 # -- on the compute node --------------------------------------------------------------------------
+DDP_KINDS = ("pretrain", "train_head")  # job kinds that run data-parallel over the GPUs of one job
+
+
 def job_command(spec: dict[str, Any], run_dir: Path) -> list[str]:
-    """The job process: ``run_job``, under torchrun with one process per GPU for multi-GPU pretraining."""
+    """The job process: ``run_job``, under torchrun with one process per GPU for multi-GPU pretraining
+    and head training."""
     gpus = _allocated_gpus()
-    if spec.get("kind") == "pretrain" and gpus > 1:
+    if spec.get("kind") in DDP_KINDS and gpus > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
                 "-m", "tapcore.jobs.run_job", str(run_dir)]
     return [sys.executable, "-m", "tapcore.jobs.run_job", str(run_dir)]

@@ -114,7 +114,10 @@ def task_train_head(params: dict[str, Any], run_dir: Path, progress: ProgressFn)
     _record_inputs(run_dir, dataset=dataset.meta, tap_model=str(tap_path), config=params.get("config") or {})
     train_head(movie, masks, tap_path, cfg, out, progress=progress)
     outputs = {"model": "model"}
-    if params.get("calibrate", True):
+    from tapcore.distributed import env_world
+
+    world = env_world()  # under torchrun (multi-GPU Slurm job) rank 0 alone calibrates the bundle it wrote
+    if params.get("calibrate", True) and (world is None or world[0] == 0):
         from tapcore.calibration import calibrate_bundle
 
         calibrate_bundle(out, movie=movie, masks=masks, device=job_device(), progress=progress)
