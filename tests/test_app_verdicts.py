@@ -35,7 +35,9 @@ def _dataset(home: Path) -> str:
     rng = np.random.default_rng(0)
     movie = (rng.random((6, 32, 32)) * 1000).astype(np.uint16)
     masks = np.zeros(movie.shape, np.uint8)
+    masks[1, 4:8, 4:8] = 1  # three separate events: the least a head job accepts (tapcore.events.readiness)
     masks[2, 10:14, 10:14] = 1
+    masks[3, 20:24, 20:24] = 2
     return Workspace(home).add_array(movie, masks, name="tiny", source="test", dataset_id="tiny").id
 
 
@@ -96,7 +98,9 @@ def test_chance_level_tap_job_ends_red_not_green(home):
 
 
 def test_collapsed_head_job_gets_its_warning(home):
-    job_id = _done_job(home, "train_head", {"dataset": _dataset(home), "tap_model": "x"}, _collapsed_head)
+    job_id = _done_job(home, "train_head", {"dataset": _dataset(home), "tap_model": "x",
+                                           "config": {"dataset": {"crop": 16, "criterion": "any_either"}}},
+                       _collapsed_head)
     at = AppTest.from_file(APP, default_timeout=60)
     at.query_params["head_job"] = job_id
     at.switch_page("pages/event_head.py").run()
