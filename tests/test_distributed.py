@@ -32,7 +32,7 @@ from tapcore.tap.train import CHECKPOINT, PretrainConfig, load_checkpoint, pretr
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(height=64, width=64, cells=10, radius_min=3, radius_max=7, division_rate=0.3, death_rate=0.05,
-            min_cycle_frames=3, max_cells=40)
+            min_cycle_frames=3, max_cells=40, mitosis_frames=3)
 CONFIG = dict(patch=16, batch_size=8, epochs=2, samples_per_epoch=16, lr=1e-3, device="cpu", val_samples=8,
               val_batch_size=8, log_every=1, seed=3,
               model=dict(base_channels=4, depth=1, features=4, head_channels=4))

@@ -31,7 +31,7 @@ from tapcore.tap.model import TapConfig, TapModel
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(frames=10, height=64, width=64, cells=10, radius_min=3, radius_max=7, division_rate=0.3,
-            death_rate=0.05, min_cycle_frames=3, max_cells=40)
+            death_rate=0.05, min_cycle_frames=3, max_cells=40, mitosis_frames=3)
 DATASET = dict(crop=16, pairs_per_frame=24, min_area=5, seed=0, task="three_class")  # 39 training pairs
 BATCH = 16
 RTOL = 1e-5
