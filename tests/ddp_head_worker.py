@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+from ddp_writes import write_logger
+
 
 def main() -> int:
     out = Path(sys.argv[1])
@@ -31,14 +33,7 @@ def main() -> int:
     from tapcore.cli import main as cli
     from tapcore.io import read_masks, read_movie
 
-    log = out / f"writes-rank{rank}.jsonl"
-
-    def logged(fn, what):
-        def wrapper(path, *args, **kwargs):
-            with open(log, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"rank": rank, "what": what, "path": str(path)}) + "\n")
-            return fn(path, *args, **kwargs)
-        return wrapper
+    logged = write_logger(out / f"writes-rank{rank}.jsonl", rank)
 
     tapcore.bundle.save_bundle = logged(tapcore.bundle.save_bundle, "bundle")
     train._write_arrays = logged(train._write_arrays, "arrays")

@@ -18,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+from ddp_writes import write_logger
+
 
 def main() -> int:
     movie_path, config_path, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
@@ -31,14 +33,7 @@ def main() -> int:
     from tapcore.config import config_from_dict
     from tapcore.io import read_movie
 
-    log = out / f"writes-rank{rank}.jsonl"
-
-    def logged(fn, what):
-        def wrapper(path, *args, **kwargs):
-            with open(log, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"rank": rank, "what": what, "path": str(path)}) + "\n")
-            return fn(path, *args, **kwargs)
-        return wrapper
+    logged = write_logger(out / f"writes-rank{rank}.jsonl", rank)
 
     train.atomic_write_bytes = logged(train.atomic_write_bytes, "checkpoint")
     tapcore.bundle.save_bundle = logged(tapcore.bundle.save_bundle, "bundle")

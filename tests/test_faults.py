@@ -20,6 +20,7 @@ from __future__ import annotations
 import builtins
 import errno
 import io as pyio
+import functools
 import json
 import os
 import signal
@@ -37,6 +38,9 @@ from tapcore.jobs.queue import JobQueue, pid_alive
 from tapcore.jobs.worker import Worker, ensure_worker
 from tapcore.utils import DiskFullError
 from tapcore.workspace import Workspace
+from waiting import wait_until
+
+_wait = functools.partial(wait_until, poll=0.1)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -337,14 +341,6 @@ def _worker_that_stalls(home: Path, tmp_path: Path, at: str) -> tuple[subprocess
     return proc, mark
 
 
-def _wait(cond, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _kill_worker_when_stalled(q: JobQueue, job_id: str, worker: subprocess.Popen, mark: Path) -> None:

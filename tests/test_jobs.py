@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from waiting import wait_until as _wait
 
 from tapcore.jobs.queue import JobQueue, pid_alive
 from tapcore.jobs.tasks import validate_spec
@@ -147,14 +148,6 @@ def _pretrain_spec(dataset: str, epochs: int) -> dict:
     return {"kind": "pretrain", "params": {"dataset": dataset, "config": _tiny_pretrain(epochs)}}
 
 
-def _wait(cond, timeout: float, what: str, poll: float = 0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _start_worker(home: Path) -> subprocess.Popen:

@@ -22,6 +22,12 @@ from tapcore.jobs.queue import JobQueue
 from tapcore.jobs.worker import ensure_worker, wait_for
 from tapcore.progress import read_metrics
 from tapcore.workspace import Workspace
+from waiting import wait_until
+
+
+
+def _wait(cond, timeout: float, what: str, poll: float = 0.2):
+    return wait_until(cond, timeout, what, poll)
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_job")
 
@@ -48,14 +54,6 @@ def _home(tmp_path: Path, toml: str = TOML) -> Path:
     return home
 
 
-def _wait(cond, timeout: float, what: str, poll: float = 0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _log(run_dir: Path) -> str:
