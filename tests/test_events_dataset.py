@@ -180,3 +180,43 @@ def test_extract_crops_with_margin():
     assert np.array_equal(out[0, 1, 0, 2:-2, 2:-2], movie[2, 0:C, 5:5 + C])
     assert (out[0, :, 0, :2] == 0).all()  # above the frame: zero
     assert np.array_equal(out[1, 0, 0, 2:-2, 2:-2], movie[0, 2:2 + C, 12:12 + C])
+
+
+def test_mine_hard_negatives_swaps_in_the_highest_scored_training_negatives():
+    from tapcore.events.dataset import CropSet, mine_hard_negatives
+
+    # pool: 10 negatives at t = 0..9 (event probability rising with t) and 2 positives
+    pool = CropSet(np.array([[t, 0, 0] for t in range(10)] + [[20, 0, 0], [21, 0, 0]], np.int64),
+                   np.array([0] * 10 + [1, 1], np.int64))
+    prob = np.array([0.01 * t for t in range(10)] + [0.9, 0.9])
+    prob[3] = 0.95  # the hardest negative
+    # training set: 4 easy negatives (t = 0, 1, 2, 9) and both positives
+    train = CropSet(np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0], [9, 0, 0], [20, 0, 0], [21, 0, 0]], np.int64),
+                    np.array([0, 0, 0, 0, 1, 1], np.int64))
+    new, info = mine_hard_negatives(train, pool, prob, 0.5, np.random.default_rng(0))
+    assert info["mined"] == 2 and info["pool_negatives"] == 10 and info["train_negatives"] == 4
+    neg_t = sorted(new.coords[new.labels == 0, 0].tolist())
+    assert len(neg_t) == 4 and len(new) == 6  # size and class counts kept
+    assert 3 in neg_t and 9 in neg_t  # the two hardest (0.95 and 0.09) are in
+    assert len(set(neg_t) & {0, 1, 2}) == 2  # two of the easy ones stay, one was replaced
+    assert sorted(new.coords[new.labels == 1, 0].tolist()) == [20, 21]  # positives untouched
+    assert info["mined_mean_event_prob"] == pytest.approx((0.95 + 0.09) / 2)
+    same, info0 = mine_hard_negatives(train, pool, prob, 0.0, np.random.default_rng(0))
+    assert same is train and info0["mined"] == 0
+    with pytest.raises(ValueError, match="fraction"):
+        mine_hard_negatives(train, pool, prob, 1.5, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="pool probabilities"):
+        mine_hard_negatives(train, pool, prob[:3], 0.5, np.random.default_rng(0))
+
+
+def test_build_crop_pairs_keeps_the_unbalanced_training_pool():
+    from tapcore.events.dataset import CropPairConfig, build_crop_pairs
+
+    masks = np.zeros((4, 64, 64), np.uint8)
+    masks[:, 20:30, 20:30] = 1
+    pairs = build_crop_pairs(masks, CropPairConfig(crop=16, pairs_per_frame=200, min_area=10))
+    pool = pairs.train_pool
+    assert pool is not None and len(pool) > len(pairs.train)
+    assert pool.counts(2)[1] == pairs.train.counts(2)[1]  # balancing drops negatives only
+    keys = {tuple(c) for c in pool.coords.tolist()}
+    assert all(tuple(c) in keys for c in pairs.train.coords.tolist())

@@ -168,3 +168,21 @@ def test_a_single_run_shows_no_spread():
     assert np.isnan(row["prec_1_std"]) and row["prec_1_mean"] == pytest.approx(0.4)
     md = to_markdown(table, {"repeats": 1, "runs_done": 1, "split": {"split": "time"}})
     assert "±" not in md and "One run per row (no std)" in md
+
+
+def test_hard_negative_mining_swaps_in_the_negatives_the_head_scored_highest(tmp_path, tap_bundle, data):
+    movie, masks = data
+    records = []
+    res = train_head(movie, masks, tap_bundle, _cfg("A0", 4, hard_negatives=0.5), tmp_path / "hn",
+                     progress=records.append)
+    mined = [r for r in records if r.get("kind") == "hard_negatives"]
+    assert len(mined) == 1 and mined[0]["after_epoch"] == 2  # once, after half the epochs
+    info = res.metrics["hard_negatives"]
+    n_neg = int((res.pairs.train.labels == 0).sum())
+    assert info["mined"] == round(0.5 * n_neg) and info["train_negatives"] == n_neg
+    assert info["pool_negatives"] == int((res.pairs.train_pool.labels == 0).sum()) > n_neg
+    # the mined negatives are the ones the head found hardest: above the ones they replaced
+    assert info["mined_mean_event_prob"] > info["replaced_mean_event_prob"]
+    assert [r["epoch"] for r in records if r.get("kind") == "epoch"] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="hard_negatives"):
+        HeadConfig(hard_negatives=2.0).validate()

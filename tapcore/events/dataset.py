@@ -109,6 +109,7 @@ class CropPairs:
     total: int  # crop pairs sampled before balancing
     train_before_balance: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # class counts
     regions: dict[str, Any] = field(default_factory=dict)  # the time ranges / x bands of each split
+    train_pool: Optional[CropSet] = None  # the training split before balancing (hard negatives come from it)
 
     @property
     def n_classes(self) -> int:
@@ -265,6 +266,53 @@ def _balance(rng: np.random.Generator, s: CropSet, n_classes: int) -> CropSet:
     return CropSet(s.coords[keep], s.labels[keep])
 
 
+def mine_hard_negatives(train: CropSet, pool: CropSet, pool_event_prob: np.ndarray, fraction: float,
+                        rng: np.random.Generator) -> tuple[CropSet, dict[str, Any]]:
+    """Swap a fraction of the training negatives for the pool's hardest negatives (hard negative mining).
+
+    ``pool`` holds the training split's crop pairs before balancing and ``pool_event_prob (len(pool),)``
+    the current head's probability that each is an event. The new negatives are the
+    ``k = round(fraction * n_neg)`` pool negatives with the highest event probability (ties: lower
+    index first) plus ``n_neg - k`` of the current negatives not among them, drawn at random; positives,
+    the training set's size and its class counts stay as they were. Every crop pair comes from the
+    training split, so no validation or test crop is looked at. Returns the new training set and a
+    summary: ``mined`` (k), ``pool_negatives``, ``train_negatives``, and the mean event probability of
+    the mined negatives and of the negatives they replaced.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"the hard-negative fraction must be in [0, 1], got {fraction}")
+    prob = np.asarray(pool_event_prob, np.float64).reshape(-1)
+    if len(prob) != len(pool):
+        raise ValueError(f"{len(prob)} pool probabilities for {len(pool)} pool crop pairs")
+    neg_train = np.flatnonzero(train.labels == 0)
+    neg_pool = np.flatnonzero(pool.labels == 0)
+    k = min(int(round(fraction * len(neg_train))), len(neg_pool))
+    info: dict[str, Any] = {"mined": int(k), "pool_negatives": int(len(neg_pool)),
+                            "train_negatives": int(len(neg_train))}
+    if k == 0:
+        return train, info
+    hard = neg_pool[np.lexsort((neg_pool, -prob[neg_pool]))[:k]]  # highest event probability first
+    hard_keys = _coord_keys(pool.coords[hard])
+    rest = neg_train[~np.isin(_coord_keys(train.coords[neg_train]), hard_keys)]
+    kept = np.sort(rng.choice(rest, size=min(len(neg_train) - k, len(rest)), replace=False))
+    replaced = np.setdiff1d(rest, kept)
+    pos = np.flatnonzero(train.labels != 0)
+    coords = np.concatenate([train.coords[pos], train.coords[kept], pool.coords[hard]]).astype(np.int64)
+    labels = np.concatenate([train.labels[pos], train.labels[kept], np.zeros(k, np.int64)])
+    perm = rng.permutation(len(labels))
+    pool_prob = dict(zip(_coord_keys(pool.coords).tolist(), prob.tolist()))
+    replaced_prob = [pool_prob[v] for v in _coord_keys(train.coords[replaced]).tolist() if v in pool_prob]
+    info.update({"mined_mean_event_prob": float(prob[hard].mean()),
+                 "replaced_mean_event_prob": float(np.mean(replaced_prob)) if replaced_prob else None})
+    return CropSet(coords[perm], labels[perm]), info
+
+
+def _coord_keys(coords: np.ndarray) -> np.ndarray:
+    """One integer per ``[t, y, x]`` row (frames and pixels below 10**6)."""
+    c = np.asarray(coords, np.int64).reshape(-1, 3)
+    return (c[:, 0] * 10**6 + c[:, 1]) * 10**6 + c[:, 2]
+
+
 def build_crop_pairs(masks: np.ndarray, cfg: Optional[CropPairConfig] = None,
                      movie_shape: Optional[tuple[int, ...]] = None) -> CropPairs:
     """Sample, label and split crop pairs from event masks.
@@ -325,9 +373,11 @@ def build_crop_pairs(masks: np.ndarray, cfg: Optional[CropPairConfig] = None,
     train, val, test = sets
     _check_enough(train, val, test, cfg, n_classes, class_names)
     before = train.counts(n_classes)
+    pool = train
     if cfg.balance_train:
         train = _balance(rng, train, n_classes)
-    pairs = CropPairs(train, val, test, cfg, class_names, (t_len, height, width), int(total), before, regions)
+    pairs = CropPairs(train, val, test, cfg, class_names, (t_len, height, width), int(total), before, regions,
+                      train_pool=pool)
     logger.debug("crop pairs: %s", pairs.to_dict())
     return pairs
 

@@ -47,7 +47,7 @@ from torch import nn
 
 from tapcore import distributed as ddp
 from tapcore.config import config_to_dict
-from tapcore.events.dataset import CropPairConfig, CropPairs, build_crop_pairs, extract_crops
+from tapcore.events.dataset import CropPairConfig, CropPairs, CropSet, build_crop_pairs, extract_crops, mine_hard_negatives
 from tapcore.events.features import FeatureConfig, FrameFeatures, frame_features
 from tapcore.events.heads import HEADS, build_head
 from tapcore.events.model import EventModel, build_backbone, tap_config_dict
@@ -93,6 +93,8 @@ class HeadConfig:
     num_threads: Optional[int] = None  # torch CPU threads (None: leave torch's setting)
     pmin: float = 1.0  # movie normalisation percentiles (as in TAP pretraining)
     pmax: float = 99.8
+    hard_negatives: float = 0.0  # after half the epochs, swap this fraction of the training negatives for the
+    # training split's negatives the head scores highest (hard negative mining; 0 = off, as in the paper)
 
     def validate(self) -> "HeadConfig":
         if self.strategy not in STRATEGIES:
@@ -106,6 +108,8 @@ class HeadConfig:
                              f"{self.eval_batch})")
         if self.feature_margin < 0:
             raise ValueError(f"feature_margin must be >= 0, got {self.feature_margin}")
+        if not 0.0 <= float(self.hard_negatives) <= 1.0:
+            raise ValueError(f"hard_negatives is a fraction of the training negatives in [0, 1], got {self.hard_negatives}")
         self.dataset.validate()
         return self
 
@@ -415,6 +419,7 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
         train_net = ddp.ddp_wrap(net, device, dist_info)
     epochs = cfg.n_epochs
     history: list[dict[str, Any]] = []
+    hard_info: Optional[dict[str, Any]] = None
     train_coords, train_labels = pairs.train.coords, pairs.train.labels
     n_val = len(pairs.val)
     val_pick = np.arange(n_val)
@@ -447,6 +452,15 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
                "pairs_per_s": len(train_labels) * epoch / max(time.time() - t_train, 1e-9)}
         history.append(rec)
         emit(rec)
+        if cfg.hard_negatives > 0 and epoch == max(1, epochs // 2) and epoch < epochs and pairs.train_pool is not None:
+            mined = None
+            if dist_info.main:
+                mined = _mine(net, source, pairs, train_coords, train_labels, cfg, device, rng)
+            train_coords, train_labels, mined_info = ddp.broadcast_object(mined, dist_info)
+            hard_info = {"after_epoch": epoch, **mined_info}
+            emit({"stage": "train_head", "kind": "hard_negatives", **hard_info, "elapsed_s": time.time() - t_start})
+            if frozen:
+                model.backbone.eval()
     train_time = time.time() - t_train
     ddp.use_plain_batchnorm(net)
 
@@ -473,6 +487,7 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
         "test": test_m,
         "val": val_m,
         "history": history,
+        "hard_negatives": hard_info,
         "calibration_inputs": {"val_logits": "val_logits.npy", "val_labels": "val_labels.npy"},
     }
     config = {
@@ -510,6 +525,19 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
     return HeadResult(out_dir, model, pairs, metrics, history, np.asarray(test_m["confusion_matrix"]),
                       np.asarray(test_m["precision"]), np.asarray(test_m["recall"]), val_logits, pairs.val.labels,
                       test_logits, pairs.test.labels, train_time)
+
+
+def _mine(net: nn.Module, source: _Source, pairs: CropPairs, coords: np.ndarray, labels: np.ndarray,
+          cfg: HeadConfig, device: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Score the training split's negatives with the current head and swap in the hardest ones."""
+    pool = pairs.train_pool
+    neg = np.flatnonzero(pool.labels == 0)
+    prob = np.zeros(len(pool), np.float64)
+    logits = evaluate(net, source, pool.coords[neg], cfg.eval_batch, device)
+    prob[neg] = 1.0 - torch.softmax(torch.from_numpy(logits).double(), dim=1)[:, 0].numpy()
+    new, info = mine_hard_negatives(CropSet(coords, labels), pool, prob, float(cfg.hard_negatives), rng)
+    logger.info("hard negatives: %s", info)
+    return new.coords, new.labels, info
 
 
 def _per_frame(frames: np.ndarray, labels: np.ndarray, logits: np.ndarray, n_pairs: int):
