@@ -14,6 +14,7 @@ import sys
 
 import tapcore
 import tapcore.commands
+from tapcore.access import AccessDenied
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _resolve_shipped(args)
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, AccessDenied) as exc:
         print(f"tapcore {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -34,6 +34,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from tapcore import audit
+from tapcore.access import (LAB, LOCAL_ADMIN, AccessDenied, User, can_read, check_change, check_read, read_access,
+                            run_access, write_access)
 from tapcore.io import human_bytes
 from tapcore.utils import atomic_write_json, explain_disk_full, read_json, sha256_array
 
@@ -176,6 +179,9 @@ class DatasetInfo:
     meta: dict[str, Any]
     #: True when an upload was identical to this existing dataset, which was reused (nothing new saved).
     reused: bool = False
+    #: Who owns it (tapcore.access) and whether it is shared with the lab (read-only for the others).
+    owner: str = LOCAL_ADMIN.name
+    shared: bool = False
 
     @property
     def warnings(self) -> list[str]:
@@ -207,6 +213,8 @@ class ModelInfo:
     kind: str
     origin: str  # "shipped", "saved" or "run"
     calibrated: bool
+    owner: str = LAB
+    shared: bool = True
 
     def label(self) -> str:
         what = {"tap": "TAP features", "event_head": "event detector"}.get(self.kind, self.kind)
@@ -215,9 +223,16 @@ class ModelInfo:
 
 
 class Workspace:
-    """Datasets and models in one workspace folder."""
+    """Datasets and models in one workspace folder, seen by one acting user.
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    ``user``: who acts (:class:`tapcore.access.User`); it sees and changes its own datasets and
+    models, reads those shared with the lab, and gets :class:`tapcore.access.AccessDenied` for
+    anything else. Admins see all. Default: :data:`tapcore.access.LOCAL_ADMIN` (the single user of
+    a box without sign-in, the CLI on the box, and the job worker).
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, user: User | None = None):
+        self.user = user if user is not None else LOCAL_ADMIN
         self.root = Path(root).resolve() if root is not None else home()
         self.datasets_dir = self.root / "datasets"
         self.models_dir = self.root / "models"
@@ -258,11 +273,16 @@ class Workspace:
                 "death": int((masks == 2).sum()),
             }
         atomic_write_json(staging / "meta.json", meta)
+        owner = LAB if dataset_id == DEMO_DATASET_ID else self.user.name
+        write_access(staging, owner, shared=owner == LAB)
         final = self.datasets_dir / dataset_id
-        if final.exists():
+        if final.exists() and dataset_id != DEMO_DATASET_ID:  # the demo is the same synthetic movie for everyone
+            check_change(self.user, *self._dataset_access(dataset_id), f"dataset {dataset_id!r}", "replace")
             shutil.rmtree(final)
         os.replace(staging, final)
-        logger.info("saved dataset %s (%s)", dataset_id, name)
+        logger.info("saved dataset %s (%s) for %s", dataset_id, name, self.user.name)
+        audit.record(self.root, self.user, "upload" if source == "upload" else "import", "dataset", dataset_id,
+                     f"{name} ({source})")
         return self.dataset(dataset_id)
 
     def add_array(self, movie: np.ndarray, masks: np.ndarray | None = None, *, name: str, source: str,
@@ -335,7 +355,7 @@ class Workspace:
                     masks_path=raw_masks, name=str(name), masks_name=masks_name if masks_file is not None else None,
                     size=size, sha256=digest.hexdigest(), layout=layout,
                 )
-                atomic_write_json(staging / "upload.json", staged.to_dict())
+                atomic_write_json(staging / "upload.json", {**staged.to_dict(), "owner": self.user.name})
                 return staged
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -348,7 +368,10 @@ class Workspace:
         folder = self.datasets_dir / f".upload-{token}"
         if not (folder / "upload.json").is_file():
             return None
-        return StagedUpload.from_dict(read_json(folder / "upload.json"), folder)
+        data = read_json(folder / "upload.json")
+        if data.get("owner", LOCAL_ADMIN.name) != self.user.name:
+            return None  # another user's upload in progress: as if it did not exist
+        return StagedUpload.from_dict(data, folder)
 
     def discard_upload(self, staged: "StagedUpload") -> None:
         """Remove a staged upload that will not be saved."""
@@ -437,9 +460,10 @@ class Workspace:
             raise
 
     def find_identical(self, movie_sha256: str, masks_sha256: str | None) -> DatasetInfo | None:
-        """An existing dataset with exactly this movie and masks (by SHA-256), or None."""
+        """An existing dataset of the acting user with exactly this movie and masks (by SHA-256), or None
+        (another user's identical movie is never handed out: the upload becomes a dataset of its own)."""
         for d in self.list_datasets():
-            if d.sha256 == movie_sha256 and d.meta.get("masks_sha256") == masks_sha256:
+            if d.owner == self.user.name and d.sha256 == movie_sha256 and d.meta.get("masks_sha256") == masks_sha256:
                 return d
         return None
 
@@ -480,30 +504,47 @@ class Workspace:
                               extra={"synthetic_config": config_to_dict(cfg)})
 
     # -- datasets: reading ----------------------------------------------------------------------
+    def _dataset_access(self, dataset_id: str) -> tuple[str, bool]:
+        default = LAB if dataset_id == DEMO_DATASET_ID else LOCAL_ADMIN.name
+        return read_access(self.datasets_dir / dataset_id, default_owner=default)
+
     def dataset(self, dataset_id: str) -> DatasetInfo:
-        """The dataset with this id; ValueError naming the known ones when it does not exist."""
+        """The dataset with this id; ValueError naming the known ones when it does not exist,
+        AccessDenied when it belongs to another user and is not shared with the lab."""
+        info = self._dataset(dataset_id)
+        check_read(self.user, info.owner, info.shared, f"dataset {dataset_id!r}")
+        return info
+
+    def _dataset(self, dataset_id: str) -> DatasetInfo:
         _check_id(dataset_id, "dataset id")
         path = self.datasets_dir / dataset_id
         if not (path / "meta.json").is_file():
             known = ", ".join(d.id for d in self.list_datasets()) or "none yet"
             raise ValueError(f"no dataset {dataset_id!r} in {self.datasets_dir}; known datasets: {known}")
         meta = read_json(path / "meta.json")
+        owner, shared = self._dataset_access(dataset_id)
         return DatasetInfo(
             id=meta["id"], name=meta.get("name", meta["id"]), path=path, shape=tuple(meta["shape"]),
             dtype=meta["dtype"], sha256=meta["sha256"], source=meta.get("source", ""),
             created=meta.get("created", ""), has_masks=bool(meta.get("has_masks")), meta=meta,
+            owner=owner, shared=shared,
         )
 
     def has_dataset(self, dataset_id: str) -> bool:
-        return (self.datasets_dir / dataset_id / "meta.json").is_file()
+        """Whether a dataset with this id exists and the acting user may open it."""
+        if not (self.datasets_dir / dataset_id / "meta.json").is_file():
+            return False
+        return can_read(self.user, *self._dataset_access(dataset_id))
 
     def list_datasets(self) -> list[DatasetInfo]:
-        """All datasets, newest first."""
+        """The datasets the acting user may open (own, shared with the lab; admins: all), newest first."""
         out = []
         for p in self.datasets_dir.iterdir():
             if p.is_dir() and not p.name.startswith(".") and (p / "meta.json").is_file():
                 try:
-                    out.append(self.dataset(p.name))
+                    info = self._dataset(p.name)
+                    if can_read(self.user, info.owner, info.shared):
+                        out.append(info)
                 except (ValueError, KeyError):
                     logger.warning("skipping dataset folder %s with a broken meta.json", p)
         return sorted(out, key=lambda d: d.created, reverse=True)
@@ -529,24 +570,51 @@ class Workspace:
         return pd.read_csv(path) if path.is_file() else None
 
     def delete_dataset(self, dataset_id: str) -> None:
-        info = self.dataset(dataset_id)
+        """Remove a dataset (its owner or an admin; AccessDenied for anyone else)."""
+        info = self._dataset(dataset_id)
+        check_change(self.user, info.owner, info.shared, f"dataset {dataset_id!r}", "delete")
         shutil.rmtree(info.path)
         logger.info("deleted dataset %s", dataset_id)
+        audit.record(self.root, self.user, "delete", "dataset", dataset_id, info.name)
+
+    def set_dataset_shared(self, dataset_id: str, shared: bool) -> None:
+        """Share a dataset with the lab (read-only for the others) or make it private again."""
+        info = self._dataset(dataset_id)
+        check_change(self.user, info.owner, info.shared, f"dataset {dataset_id!r}", "share or un-share")
+        write_access(info.path, info.owner, bool(shared))
+        audit.record(self.root, self.user, "share" if shared else "unshare", "dataset", dataset_id, info.name)
 
     # -- models ---------------------------------------------------------------------------------
+    def model_access(self, ref: str) -> tuple[str, bool]:
+        """``(owner, shared)`` of a model reference: shipped models belong to the lab, saved ones to
+        whoever saved them, a job's bundle (``run:<id>``) to the job's owner."""
+        origin, _, name = str(ref).strip().partition(":")
+        if origin == "saved" and name:
+            return read_access(self.models_dir / _check_id(name, "model name"))
+        if origin == "run" and name:
+            return run_access(self.runs_dir / _check_id(name, "job id"))
+        return LAB, True
+
     def resolve_model(self, ref: str) -> Path:
-        """The bundle folder a model reference points to (see the module docstring)."""
+        """The bundle folder a model reference points to (see the module docstring).
+
+        AccessDenied when the model belongs to another user and is not shared with the lab; a folder
+        path is accepted from admins only (other users pick ``saved:``, ``run:`` or ``shipped:``).
+        """
         if not isinstance(ref, str) or not ref.strip():
             raise ValueError("no model chosen; pick a model (e.g. 'shipped:demo') or give a bundle folder")
         ref = ref.strip()
         origin, _, name = ref.partition(":")
         if origin == "shipped" and name:
             return shipped_model_path(name)
-        elif origin == "saved" and name:
-            path = self.models_dir / _check_id(name, "model name")
-        elif origin == "run" and name:
-            path = self.runs_dir / _check_id(name, "job id") / "model"
+        elif origin in ("saved", "run") and name:
+            check_read(self.user, *self.model_access(ref), f"model {ref!r}")
+            path = (self.models_dir / _check_id(name, "model name") if origin == "saved"
+                    else self.runs_dir / _check_id(name, "job id") / "model")
         else:
+            if not self.user.is_admin:
+                raise AccessDenied(f"{self.user.name} may not load a model from a folder path ({ref!r}); pick one "
+                                   "of the listed models (saved:NAME, run:JOB or shipped:NAME)")
             path = Path(ref).expanduser()
         if not (path / "config.json").is_file():
             raise ValueError(f"model {ref!r} not found (no config.json in {path}); "
@@ -578,7 +646,11 @@ class Workspace:
             mkind = cfg.get("kind", "")
             if kind and mkind != kind:
                 continue
-            found.append(ModelInfo(ref, name, path, mkind, origin, (path / "calibration.json").is_file()))
+            owner, shared = self.model_access(ref)
+            if not can_read(self.user, owner, shared):
+                continue
+            found.append(ModelInfo(ref, name, path, mkind, origin, (path / "calibration.json").is_file(),
+                                   owner=owner, shared=shared))
         return found
 
     def save_model(self, ref: str, name: str) -> str:
@@ -589,9 +661,43 @@ class Workspace:
         if dest.exists():
             raise ValueError(f"a saved model called {name!r} already exists; choose another name")
         tmp = self.models_dir / f".{name}.{secrets.token_hex(3)}"
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoint", "*.tmp"))
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoint", "*.tmp", "access.json"))
+        write_access(tmp, self.user.name, shared=False)
         os.replace(tmp, dest)
+        audit.record(self.root, self.user, "save", "model", f"saved:{name}", f"from {ref}")
         return f"saved:{name}"
+
+    def _saved_model(self, ref: str, verb: str) -> tuple[Path, str]:
+        origin, _, name = str(ref).strip().partition(":")
+        if origin != "saved" or not name:
+            raise ValueError(f"only saved models (saved:NAME) can be {verb}d here, got {ref!r}; a job's model goes "
+                             "with its job (delete or share the job)")
+        path = self.models_dir / _check_id(name, "model name")
+        if not (path / "config.json").is_file():
+            raise ValueError(f"no saved model {name!r}; the Evaluate page lists the models")
+        owner, shared = read_access(path)
+        check_change(self.user, owner, shared, f"model {ref!r}", verb)
+        return path, owner
+
+    def delete_model(self, ref: str) -> None:
+        """Remove a saved model (its owner or an admin; AccessDenied for anyone else)."""
+        path, _ = self._saved_model(ref, "delete")
+        shutil.rmtree(path)
+        audit.record(self.root, self.user, "delete", "model", ref)
+
+    def set_model_shared(self, ref: str, shared: bool) -> None:
+        """Share a saved model with the lab (read-only for the others) or make it private again."""
+        path, owner = self._saved_model(ref, "share")
+        write_access(path, owner, bool(shared))
+        audit.record(self.root, self.user, "share" if shared else "unshare", "model", ref)
+
+    def prediction_dir(self, dataset_id: str, key: str) -> Path:
+        """Where the app keeps a prediction of this dataset (``predictions/<key>``, ``key`` from the movie
+        and model contents): only for a user who may open the dataset (AccessDenied otherwise)."""
+        self.dataset(dataset_id)
+        if not re.fullmatch(r"[0-9a-f]{8,64}", str(key)):
+            raise ValueError(f"prediction key {key!r} is not valid (hex digits)")
+        return self.root / "predictions" / key
 
 
 @dataclass

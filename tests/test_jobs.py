@@ -121,9 +121,10 @@ def test_cli_submit_and_jobs(tmp_path, monkeypatch, capsys):
     from tapcore.cli import main
 
     monkeypatch.setenv("TAPCORE_HOME", str(tmp_path / "ws"))
+    monkeypatch.setenv("TAPCORE_USER", "bo")  # the acting user of the CLI (no accounts: the box's own admin)
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"kind": "pretrain", "params": {"dataset": "nope"}}))
-    assert main(["submit", str(spec), "--owner", "bo"]) == 0
+    assert main(["submit", str(spec)]) == 0
     job_id = capsys.readouterr().out.strip()
     assert main(["jobs", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

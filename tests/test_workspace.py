@@ -62,7 +62,7 @@ def test_upload_movie_and_masks_roundtrip(tmp_path):
     np.testing.assert_array_equal(ws.load_movie(info.id), movie)
     np.testing.assert_array_equal(ws.load_masks(info.id), masks)
     # only the normalised files are kept, no raw upload copies or staging folders
-    assert sorted(p.name for p in info.path.iterdir()) == ["masks.tif", "meta.json", "movie.tif"]
+    assert sorted(p.name for p in info.path.iterdir()) == ["access.json", "masks.tif", "meta.json", "movie.tif"]
     assert [d.id for d in Workspace(tmp_path / "ws").list_datasets()] == [info.id]  # persists
 
 

@@ -10,10 +10,12 @@ from tapcore.utils import read_json
 
 
 def _queue():
+    """The queue as the user running the command (``tapcore.auth.cli_user``: $TAPCORE_USER)."""
+    from tapcore.auth import cli_user
     from tapcore.jobs.queue import JobQueue
     from tapcore.workspace import home
 
-    return JobQueue(home())
+    return JobQueue(home(), cli_user(home()))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -32,7 +34,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{path} not found; give a job spec JSON file")
     spec = read_json(path)
     queue = _queue()
-    job_id = queue.submit(spec, owner=args.owner or "")
+    job_id = queue.submit(spec)
     print(job_id)
     if args.wait:
         from tapcore.jobs.worker import wait_for
@@ -45,6 +47,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     queue = _queue()
+    if args.delete:
+        queue.delete(args.delete)
+        print(f"{args.delete}: deleted (with its run folder)")
+        return 0
     if args.cancel:
         state = queue.cancel(args.cancel)
         print(f"{args.cancel}: {state}" + (" (its worker stops it within a second)" if state == "running" else ""))
@@ -83,7 +89,6 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("submit", help="queue a job from a JSON spec",
                               description='Queue a job: SPEC.json holds {"kind": ..., "params": {...}}.')
     p.add_argument("spec", help="job spec JSON file")
-    p.add_argument("--owner", default="", help="who submits it (default: $USER)")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to this long for the job to finish (needs a running worker)")
     p.set_defaults(func=cmd_submit)
@@ -91,5 +96,6 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("jobs", help="list jobs, cancel one, or show its log")
     p.add_argument("--cancel", metavar="ID", help="cancel this job")
     p.add_argument("--log", metavar="ID", help="print this job's log")
+    p.add_argument("--delete", metavar="ID", help="delete this finished job and its run folder")
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=cmd_jobs)

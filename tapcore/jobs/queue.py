@@ -34,6 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from tapcore import audit
+from tapcore.access import AccessDenied, User, can_read, check_change, check_read, run_access, write_access
 from tapcore.utils import DiskFullError, atomic_write_json, explain_disk_full, read_json
 
 logger = logging.getLogger(__name__)
@@ -166,9 +168,17 @@ class WorkerInfo:
 
 
 class JobQueue:
-    """The job queue of one workspace (``home``: the ``$TAPCORE_HOME`` folder)."""
+    """The job queue of one workspace (``home``: the ``$TAPCORE_HOME`` folder).
 
-    def __init__(self, home: str | os.PathLike):
+    ``user``: the acting user (:class:`tapcore.access.User`). With one, :meth:`submit` files jobs
+    under that user, and :meth:`get`, :meth:`list`, :meth:`cancel`, :meth:`delete` and
+    :meth:`set_shared` see and act only on that user's jobs and those shared with the lab (read-only),
+    raising :class:`tapcore.access.AccessDenied` for anything else; admins see all. Without one
+    (the workers, the CLI on the box) nothing is filtered.
+    """
+
+    def __init__(self, home: str | os.PathLike, user: User | None = None):
+        self.user = user
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.db_path = self.home / "jobs.sqlite"
@@ -271,6 +281,12 @@ class JobQueue:
         from tapcore.jobs.tasks import preflight, validate_spec
 
         spec = validate_spec(spec)
+        if self.user is not None:
+            if owner and owner != self.user.name and not self.user.is_admin:
+                raise AccessDenied(f"{self.user.name} may not submit a job for {owner!r}; jobs are filed under "
+                                   "the signed-in user")
+            owner = owner or self.user.name
+            self._check_inputs(spec)
         preflight(spec, self.home)
         owner = (owner or os.environ.get("USER") or "anonymous").strip()[:64]
         spec_json = json.dumps(spec, sort_keys=True)
@@ -309,6 +325,8 @@ class JobQueue:
                 (job_id, owner, spec["kind"], spec_json, _now()),
             )
         logger.info("submitted job %s (%s) for %s", job_id, spec["kind"], owner)
+        audit.record(self.home, self.user.name if self.user is not None else owner, "submit", "job", job_id,
+                     spec["kind"] + (f" for {owner}" if self.user is not None and owner != self.user.name else ""))
         slurm_cfg = _slurm_config(self.home)
         if slurm_cfg is not None:
             from tapcore.jobs import slurm
@@ -325,7 +343,12 @@ class JobQueue:
             con.close()
         if row is None:
             raise ValueError(f"no job with id {job_id!r}; list the jobs with `tapcore jobs`")
+        if self.user is not None:
+            check_read(self.user, row["owner"], self._shared(row["id"]), f"job {job_id!r}")
         return self._job(row)
+
+    def _shared(self, job_id: str) -> bool:
+        return run_access(self.run_dir(job_id))[1]
 
     def find(self, job_id: str) -> Job | None:
         """Like :meth:`get` but None when the id is unknown."""
@@ -351,9 +374,12 @@ class JobQueue:
         args.append(int(limit))
         con = self._connect()
         try:
-            return [self._job(r) for r in con.execute(sql, args).fetchall()]
+            rows = con.execute(sql, args).fetchall()
         finally:
             con.close()
+        if self.user is not None:  # the acting user's own jobs and those shared with the lab
+            rows = [r for r in rows if can_read(self.user, r["owner"], r["owner"] != self.user.name and self._shared(r["id"]))]
+        return [self._job(r) for r in rows]
 
     def refresh_slurm(self) -> list[str]:
         """Bring jobs sent to Slurm up to date with squeue (nothing to do without a [slurm] section)."""
@@ -480,9 +506,13 @@ class JobQueue:
     def cancel(self, job_id: str) -> str:
         """Cancel a job: a queued/interrupted one at once, a running one by its worker (kills its group).
 
-        Returns the job's state after the request. Finished jobs are left as they are.
+        Returns the job's state after the request. Finished jobs are left as they are. AccessDenied
+        when the acting user is neither its owner nor an admin.
         """
         job = self.get(job_id)
+        if self.user is not None:
+            check_change(self.user, job.owner, self._shared(job_id), f"job {job_id!r}", "cancel")
+            audit.record(self.home, self.user, "cancel", "job", job_id, job.kind)
         if job.state in FINAL_STATES:
             return job.state
         with self._tx(immediate=True) as con:
@@ -503,6 +533,47 @@ class JobQueue:
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.get(job_id).cancel_requested
+
+    # -- the acting user's checks (ownership: tapcore.access) -------------------------------------
+    def _check_inputs(self, spec: dict[str, Any]) -> None:
+        """AccessDenied when a job would read another user's private dataset or model."""
+        from tapcore.workspace import Workspace
+
+        ws = Workspace(self.home, self.user)
+        params = spec.get("params") or {}
+        for key in ("dataset", "val_dataset"):
+            value = params.get(key)
+            if isinstance(value, str) and (ws.datasets_dir / value / "meta.json").is_file():
+                ws.dataset(value)
+        for key in ("model", "tap_model"):
+            value = params.get(key)
+            if isinstance(value, str) and value.strip():
+                ws.resolve_model(value)
+
+    def set_shared(self, job_id: str, shared: bool) -> None:
+        """Share a job (its log, curves, model and prediction) with the lab, read-only, or make it private."""
+        job = self.get(job_id)
+        if self.user is not None:
+            check_change(self.user, job.owner, self._shared(job_id), f"job {job_id!r}", "share or un-share")
+        write_access(job.run_dir, job.owner, bool(shared))
+        audit.record(self.home, self.user.name if self.user is not None else job.owner,
+                     "share" if shared else "unshare", "job", job_id, job.kind)
+
+    def delete(self, job_id: str) -> None:
+        """Remove a finished job and its run folder (its model and outputs); its owner or an admin only.
+
+        ValueError for a job still queued or running (cancel it first).
+        """
+        job = self.get(job_id)
+        if self.user is not None:
+            check_change(self.user, job.owner, self._shared(job_id), f"job {job_id!r}", "delete")
+        if job.state not in FINAL_STATES:
+            raise ValueError(f"job {job_id} is {job.state}; cancel it first, then delete it")
+        with self._tx(immediate=True) as con:
+            con.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        shutil.rmtree(job.run_dir, ignore_errors=True)
+        audit.record(self.home, self.user.name if self.user is not None else job.owner, "delete", "job", job_id,
+                     job.kind)
 
     def _write_state(self, job_id: str, state: str, **extra: Any) -> None:
         path = self.run_dir(job_id) / "state.json"
