@@ -1,7 +1,8 @@
 """tapcore lab app: find cell divisions and deaths in live-cell movies, in the browser.
 
 Start it with ``streamlit run app.py``. All state lives in the workspace folder
-(``$TAPCORE_HOME``, default ``./workspace``); training runs in a separate worker process that the
+(``$TAPCORE_HOME``, default ``./workspace``); sign-in and ownership: ``tapcore.auth``,
+``tapcore.access`` (one gate here, before any page runs); training runs in a separate worker process that the
 app starts when none is running (or run ``tapcore worker`` yourself, one per GPU).
 """
 
@@ -23,15 +24,26 @@ PAGES = [
     st.Page("pages/predict.py", title="Predict", icon=":material/insights:", url_path="predict", visibility="hidden"),
 ]
 
-page = st.navigation(PAGES)
+from pages._ui import ensure_worker, require_user, signed_in_user, user_sidebar, workspace  # noqa: E402
+from tapcore.access import AccessDenied  # noqa: E402
+from tapcore.auth import SignInRequired  # noqa: E402
 
-from pages._ui import ensure_worker, workspace  # noqa: E402  (after set_page_config)
+# one gate for every page: nobody signed in -> only the sign-in form (no page list, no data)
+try:
+    user = signed_in_user()
+except SignInRequired:
+    user = None
+if user is not None and user.is_admin:
+    PAGES.insert(-1, st.Page("pages/audit.py", title="Audit", icon=":material/policy:", url_path="audit"))
+page = st.navigation(PAGES, position="sidebar" if user is not None else "hidden")
+user = require_user()  # draws the sign-in form (or the refusal) and stops when nobody is signed in
 
-if "owner" not in st.session_state:
-    st.session_state["owner"] = "lab"
 with st.sidebar:
-    st.text_input("Your name", key="owner", help="Shown next to the jobs you start, so colleagues know whose they are.")
+    user_sidebar(user)
     st.caption(f"Workspace: `{workspace().root}`")
 
 ensure_worker()
-page.run()
+try:
+    page.run()
+except AccessDenied as exc:  # a guessed id in the URL, a stale link: say so, never show a traceback
+    st.error(f"Not allowed: {exc}.", icon=":material/lock:")

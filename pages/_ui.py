@@ -15,6 +15,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from tapcore import audit
+from tapcore.access import LOCAL_ADMIN, AccessDenied, User
 from tapcore.jobs.queue import FINAL_STATES, Job, JobQueue
 from tapcore.progress import fraction_done, read_metrics
 from tapcore.verdicts import Verdict, stored_job_verdict
@@ -54,6 +56,148 @@ def page_setup() -> None:
         # delivers a widget click to one run only: re-running there would drop the click.
         if not isinstance(Runtime._instance, Mock):
             st.rerun()
+    require_user()
+
+
+# -- sign-in (tapcore.auth) ----------------------------------------------------------------------
+USER_KEY = "tapcore_user"
+
+
+def oidc_providers() -> list[str] | None:
+    """None without an ``[auth]`` section in ``.streamlit/secrets.toml``; else the named providers
+    (``[auth.google]`` ...; an empty list: one unnamed provider)."""
+    try:
+        if "auth" not in st.secrets:
+            return None
+        section = st.secrets["auth"]
+    except Exception:  # noqa: BLE001 (no or unreadable secrets.toml: Streamlit raises several kinds)
+        return None
+    return [k for k in section.keys() if hasattr(section[k], "keys")]
+
+
+def access_mode() -> str:
+    """``local``, ``password`` or ``oidc`` for this server (:func:`tapcore.auth.access_mode`);
+    :class:`tapcore.auth.SignInRequired` for a server on a network address without any sign-in."""
+    from tapcore.auth import UserStore, access_mode as decide
+
+    return decide(st.get_option("server.address"), oidc=oidc_providers() is not None,
+                  accounts=UserStore(home()).has_password_accounts())
+
+
+def current_user() -> User:
+    """The signed-in user of this browser session (set by :func:`signed_in_user`)."""
+    got = st.session_state.get(USER_KEY)
+    if not got:
+        raise AccessDenied("nobody is signed in in this browser tab; sign in first")
+    return User(*got)
+
+
+def signed_in_user() -> User | None:
+    """The acting user of this session, or None when it must sign in first (draws nothing).
+
+    Raises :class:`tapcore.auth.SignInRequired` when the server may not serve at all.
+    """
+    from tapcore.auth import SignInError, UserStore, user_from_oidc
+
+    mode = access_mode()
+    if mode == "local":
+        st.session_state[USER_KEY] = (LOCAL_ADMIN.name, LOCAL_ADMIN.role)
+        return LOCAL_ADMIN
+    got = st.session_state.get(USER_KEY)
+    if got and st.session_state.get("tapcore_signin_mode") == "password":
+        role = UserStore(home()).role_of(got[0])  # a removed account or a changed role counts at once
+        if role is not None:
+            st.session_state[USER_KEY] = (got[0], role)
+            return User(got[0], role)
+    if mode == "oidc" and st.user.is_logged_in:
+        try:
+            user = user_from_oidc(st.user.to_dict(), UserStore(home()))
+        except (SignInError, ValueError) as exc:
+            st.session_state["tapcore_oidc_problem"] = str(exc)
+            return None
+        if tuple(got or ()) != (user.name, user.role):
+            audit.record(home(), user, "sign-in", "session", "oidc")
+        st.session_state[USER_KEY] = (user.name, user.role)
+        st.session_state["tapcore_signin_mode"] = "oidc"
+        return user
+    st.session_state.pop(USER_KEY, None)
+    return None
+
+
+def require_user() -> User:
+    """The acting user; draws only the sign-in form (and stops the page) when nobody is signed in,
+    or only the refusal when the server may not serve without sign-in."""
+    from tapcore.auth import SignInRequired
+
+    try:
+        user = signed_in_user()
+    except SignInRequired as exc:
+        st.error(f"This app refuses to serve: {exc}.", icon=":material/lock:")
+        st.stop()
+        raise  # unreachable: st.stop raises
+    if user is not None:
+        return user
+    problem = st.session_state.pop("tapcore_oidc_problem", None)
+    if problem:
+        st.error(f"Signed in, but this identity cannot be used: {problem}")
+        st.button("Sign out", on_click=st.logout, key="oidc_bad_logout")
+        st.stop()
+    sign_in_form()
+    st.stop()
+    raise AssertionError("unreachable")  # st.stop raises
+
+
+def sign_in_form() -> None:
+    """The only thing an unauthenticated visitor sees."""
+    from tapcore.auth import SignInError, UserStore
+
+    st.title("Sign in")
+    st.write("This tapcore lab app is shared: sign in to see your movies, models and jobs.")
+    providers = oidc_providers()
+    if providers is not None:
+        for name in providers or [None]:
+            label = f"Sign in with {name.title()}" if name else "Sign in with your institution's account"
+            if st.button(label, key=f"oidc_login_{name or 'default'}", type="primary"):
+                st.login(name) if name else st.login()
+    store = UserStore(home())
+    if not store.has_password_accounts():
+        return
+    if providers is not None:
+        st.caption("Or with a local account:")
+    with st.form("signin_form"):
+        name = st.text_input("User name", key="signin_name")
+        password = st.text_input("Password", type="password", key="signin_password")
+        go_in = st.form_submit_button("Sign in", type="primary")
+    if go_in:
+        try:
+            user = store.verify(name, password)
+        except SignInError as exc:
+            audit.record(home(), (name or "?").strip().lower()[:64], "sign-in-failed", "session", "password")
+            st.error(f"Not signed in: {exc}.")
+            return
+        st.session_state[USER_KEY] = (user.name, user.role)
+        st.session_state["tapcore_signin_mode"] = "password"
+        audit.record(home(), user, "sign-in", "session", "password")
+        st.rerun()
+
+
+def sign_out() -> None:
+    """Forget this tab's sign-in (and end the identity provider's session for OIDC)."""
+    got = st.session_state.pop(USER_KEY, None)
+    st.session_state.pop("tapcore_signin_mode", None)
+    if got:
+        audit.record(home(), got[0], "sign-out", "session", "")
+    if oidc_providers() is not None and st.user.is_logged_in:
+        st.logout()
+
+
+def user_sidebar(user: User) -> None:
+    """Who is signed in, and the sign-out button (nothing to sign out of in single-user mode)."""
+    if user == LOCAL_ADMIN:
+        st.caption("Single-user mode on this computer (no sign-in): you act as the local admin.")
+        return
+    st.caption(f"Signed in as **{user.name}**" + (" (admin)" if user.is_admin else ""))
+    st.button("Sign out", key="sign_out", on_click=sign_out)
 
 
 # -- verdicts ----------------------------------------------------------------------------------
@@ -93,11 +237,28 @@ def finished_banner(job: Job, ok_text: str) -> None:
 
 # -- workspace and queue -----------------------------------------------------------------------
 def workspace() -> Workspace:
-    return Workspace(home())
+    """The workspace as the signed-in user sees it (AccessDenied for anything not theirs or shared)."""
+    return Workspace(home(), current_user())
 
 
 def job_queue() -> JobQueue:
-    return JobQueue(home())
+    """The queue as the signed-in user sees it."""
+    return JobQueue(home(), current_user())
+
+
+def record_download(kind: str, target: str, detail: str = "") -> None:
+    """Audit one download (a ``download_button``'s on_click)."""
+    audit.record(home(), current_user(), "download", kind, target, detail)
+
+
+def share_toggle(label: str, shared: bool, key: str, on_change) -> None:
+    """The "share with lab" switch of an item the user owns (read-only for the others)."""
+    new = st.toggle(label, value=shared, key=key,
+                    help="Shared items are visible to everyone in the lab, read-only: they cannot delete, "
+                         "cancel or un-share them.")
+    if new != shared:
+        on_change(new)
+        st.rerun()
 
 
 def ensure_worker() -> None:
@@ -112,7 +273,8 @@ def ensure_worker() -> None:
 
 
 def owner() -> str:
-    return (st.session_state.get("owner") or "lab").strip() or "lab"
+    """The name jobs are filed under: the signed-in user's."""
+    return current_user().name
 
 
 # -- cached data (keys include content hashes; shared by all users, no per-user state) ----------
@@ -145,6 +307,9 @@ def dataset_picker(label: str, key: str, need_masks: bool = False, help: str | N
         return None
     ids = [d.id for d in options]
     wanted = st.query_params.get(key)
+    if wanted and wanted not in ids:
+        st.warning(f"The dataset {wanted!r} named in this link is not available to you (it does not exist, is "
+                   "another user's and not shared with the lab, or has no event masks); showing one of yours.")
     default = ids.index(wanted) if wanted in ids else (ids.index("demo") if "demo" in ids else 0)
     chosen = st.selectbox(label, ids, index=default, key=key, help=help,
                           format_func=lambda i: next(d.label() for d in options if d.id == i))
@@ -160,6 +325,9 @@ def model_picker(label: str, key: str, kind: str, help: str | None = None) -> st
     refs = [m.ref for m in models]
     labels = {m.ref: m.label() for m in models}
     wanted = st.query_params.get(key)
+    if wanted and wanted not in refs:
+        st.warning(f"The model {wanted!r} named in this link is not available to you (it does not exist, is "
+                   "another user's and not shared with the lab, or is of another kind); showing one of yours.")
     default = refs.index(wanted) if wanted in refs else 0
     chosen = st.selectbox(label, refs, index=default, key=key, help=help, format_func=lambda r: labels[r])
     st.query_params[key] = chosen
@@ -284,7 +452,11 @@ def live_job(url_key: str, kinds: tuple[str, ...]) -> Job | None:
         job_id = recent[0].id
     if not job_id:
         return None
-    job = q.find(job_id)
+    try:
+        job = q.find(job_id)
+    except AccessDenied as exc:
+        st.error(f"Not allowed: {exc}.", icon=":material/lock:")
+        return None
     if job is None:
         st.warning(f"Job {job_id} is not in this workspace (it may have been removed).")
         return None
@@ -294,7 +466,8 @@ def live_job(url_key: str, kinds: tuple[str, ...]) -> Job | None:
         current = q.get(job_id)
         st.markdown(f"**Job** `{current.id}` · {current.kind} · submitted by {current.owner}")
         show_progress(current)
-        if current.state not in FINAL_STATES:
+        mine = current.owner == current_user().name or current_user().is_admin
+        if current.state not in FINAL_STATES and mine:
             if st.button("Cancel this job", key=f"cancel-{url_key}"):
                 q.cancel(current.id)
                 st.rerun()

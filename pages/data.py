@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from pages._ui import (page_setup, EVENT_NAMES, add_mask_overlay, display_stride, frame_figure, load_masks, load_movie,
-                       mask_events, workspace)
+from pages._ui import (page_setup, EVENT_NAMES, add_mask_overlay, current_user, display_stride, frame_figure,
+                       load_masks, load_movie, mask_events, share_toggle, workspace)
 
 page_setup()
 
@@ -187,12 +187,20 @@ if not datasets:
 table = pd.DataFrame([
     {"name": d.name, "frames": d.shape[0], "height (px)": d.shape[1], "width (px)": d.shape[2],
      "pixel type": d.dtype, "event masks": "yes" if d.has_masks else "no", "source": d.source,
-     "added (UTC)": d.created.replace("T", " ")[:19], "id": d.id}
+     "added (UTC)": d.created.replace("T", " ")[:19], "owner": d.owner,
+     "shared with lab": "yes" if d.shared or d.owner == "lab" else "no", "id": d.id}
     for d in datasets
 ])
 st.dataframe(table, hide_index=True, width="stretch")
 
 ids = [d.id for d in datasets]
+wanted = st.query_params.get("dataset")  # a deep link ?dataset=ID
+if wanted and wanted not in ids:
+    st.warning(f"The dataset {wanted!r} named in this link is not available to you: it does not exist, or it is "
+               "another user's and not shared with the lab.")
+elif wanted:
+    st.session_state["data_selected"] = wanted
+    st.session_state["data_preview"] = wanted
 selected = st.session_state.get("data_selected")
 if st.session_state.get("data_preview") not in ids:  # first visit, or the shown dataset was deleted
     st.session_state["data_preview"] = selected if selected in ids else ids[0]
@@ -228,9 +236,17 @@ with left:
     if stride > 1:
         st.caption(f"Shown at 1/{stride} resolution to keep the page fast; analysis uses full resolution.")
 
-with st.expander("Details and removal"):
+user = current_user()
+mine = info.owner == user.name or user.is_admin
+with st.expander("Details, sharing and removal", expanded=False):
+    st.caption(f"Owner: {info.owner}" + (" · shared with the lab (read-only for the others)" if info.shared else ""))
     st.json({k: v for k, v in info.meta.items() if k != "synthetic_config"}, expanded=False)
-    if st.button(f"Delete dataset '{info.name}'", key="data_delete"):
+    if not mine:
+        st.caption("Shared with you read-only: only its owner or an admin can share, un-share or delete it.")
+    elif info.owner != "lab":
+        share_toggle("Share with lab", info.shared, key=f"data_share_{info.id}",
+                     on_change=lambda on: ws.set_dataset_shared(info.id, on))
+    if mine and st.button(f"Delete dataset '{info.name}'", key="data_delete"):
         ws.delete_dataset(info.id)
         st.session_state.pop("data_selected", None)
         st.rerun()

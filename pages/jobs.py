@@ -3,7 +3,9 @@
 import pandas as pd
 import streamlit as st
 
-from pages._ui import finished_banner, page_setup, STATE_WORDS, job_queue, show_log, show_progress, state_words
+from pages._ui import (current_user, finished_banner, page_setup, STATE_WORDS, job_queue, share_toggle, show_log,
+                       show_progress, state_words)
+from tapcore.access import AccessDenied
 from tapcore.jobs.queue import ACTIVE_STATES
 
 page_setup()
@@ -43,10 +45,18 @@ def queue_view() -> None:
 queue_view()
 
 jobs = q.list(limit=200)
+wanted = st.query_params.get("job")
+if wanted and wanted not in [j.id for j in jobs]:  # a deep link ?job=ID to a job this user may not see
+    try:
+        q.get(wanted)
+    except AccessDenied as exc:
+        st.error(f"Not allowed: {exc}.", icon=":material/lock:")
+    except ValueError as exc:
+        st.warning(f"The job in this link cannot be shown: {exc}.")
+    wanted = None
 if jobs:
     st.header("One job")
     ids = [j.id for j in jobs]
-    wanted = st.query_params.get("job")
     job_id = st.selectbox("Job", ids, index=ids.index(wanted) if wanted in ids else 0, key="jobs_pick")
     st.query_params["job"] = job_id
     job = q.get(job_id)
@@ -56,8 +66,20 @@ if jobs:
     with st.expander("Job spec"):
         st.json(job.spec)
     show_log(job, expanded=job.state == "failed")
-    if job.state in ACTIVE_STATES:
+    user = current_user()
+    mine = job.owner == user.name or user.is_admin
+    if not mine:
+        st.caption(f"Shared with you read-only by {job.owner}: only its owner or an admin can cancel or delete it.")
+    else:
+        share_toggle("Share with lab", q.is_shared(job.id), key=f"jobs_share_{job.id}",
+                     on_change=lambda on: q.set_shared(job.id, on))
+    if job.state in ACTIVE_STATES and mine:
         if st.button("Cancel this job", key="jobs_cancel", type="primary"):
             state = q.cancel(job.id)
             st.success(f"Cancel requested; the job is now {STATE_WORDS.get(state, state)}.")
             st.rerun()
+    elif mine and st.button("Delete this job", key="jobs_delete",
+                            help="Removes the job, its log, curves and the model it wrote."):
+        q.delete(job.id)
+        st.query_params.pop("job", None)
+        st.rerun()

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages._ui import (page_setup, EVENT_COLORS, dataset_picker, display_stride, frame_figure, job_queue, live_job, load_movie,
-                       model_picker, show_verdict, submit_job, workspace)
+                       model_picker, record_download, show_verdict, submit_job, workspace)
 from tapcore.verdicts import Verdict, bundle_verdicts, prediction_shift_verdict, worst
 from tapcore.workspace import DEMO_DATASET_ID
 
@@ -105,7 +105,7 @@ def load_prediction(out_dir: str, stamp: float):  # noqa: ARG001 (stamp: cache k
 result = None
 mtime = (model_path / "weights.pt").stat().st_mtime if (model_path / "weights.pt").exists() else 0.0
 if n_px <= DIRECT_LIMIT_PX:
-    out_dir = ws.root / "predictions" / prediction_key(model_path)
+    out_dir = ws.prediction_dir(dataset.id, prediction_key(model_path))
     if not (out_dir / "events.csv").is_file():
         try:
             predict_direct(out_dir)
@@ -314,9 +314,11 @@ st.dataframe(kept.reset_index(drop=True), width="stretch", height=280)
 st.subheader("Downloads")
 d1, d2, d3, d4, d5 = st.columns(5)
 d1.download_button("Events (CSV)", kept.to_csv(index=False).encode(), file_name=f"{dataset.id}_events.csv",
-                   mime="text/csv", key="dl_events", help="Events at the chosen threshold, calibrated probabilities.")
+                   mime="text/csv", key="dl_events",
+                    on_click=record_download, args=("dataset", dataset.id, f"events CSV; model {model_ref}"), help="Events at the chosen threshold, calibrated probabilities.")
 d2.download_button("Per-frame summary (CSV)", per_frame.to_csv(index=False).encode(),
-                   file_name=f"{dataset.id}_per_frame.csv", mime="text/csv", key="dl_per_frame")
+                   file_name=f"{dataset.id}_per_frame.csv", mime="text/csv", key="dl_per_frame",
+                    on_click=record_download, args=("dataset", dataset.id, f"per-frame CSV; model {model_ref}"))
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -332,9 +334,11 @@ def bundle_zip(model_path: str, model_mtime: float) -> bytes:  # noqa: ARG001
 
 d3.download_button("Heatmaps (TIFF)", (pred_dir / "heatmaps.tif").read_bytes(),
                    file_name=f"{dataset.id}_heatmaps.tif", mime="image/tiff", key="dl_heatmaps",
+                    on_click=record_download, args=("dataset", dataset.id, f"heatmaps TIFF; model {model_ref}"),
                    help="One 32-bit float page per frame pair t → t+1: the calibrated event probability at each pixel.")
 d4.download_button("Model (zip)", bundle_zip(str(model_path), mtime), file_name=f"{model_path.name}_model.zip",
-                   mime="application/zip", key="dl_model")
+                   mime="application/zip", key="dl_model",
+                    on_click=record_download, args=("model", model_ref, f"zip; viewed with dataset {dataset.id}"))
 
 
 def run_record() -> dict:
@@ -353,4 +357,5 @@ def run_record() -> dict:
 
 d5.download_button("Run record (JSON)", json.dumps(run_record(), indent=2, default=str).encode(),
                    file_name=f"{dataset.id}_run_record.json", mime="application/json", key="dl_record",
+                    on_click=record_download, args=("dataset", dataset.id, f"run record; model {model_ref}"),
                    help="Model config, seed, data hash, versions, device and metrics: what is needed to reproduce this.")

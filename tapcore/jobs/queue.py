@@ -350,6 +350,11 @@ class JobQueue:
     def _shared(self, job_id: str) -> bool:
         return run_access(self.run_dir(job_id))[1]
 
+    def is_shared(self, job_id: str) -> bool:
+        """Whether the job is shared with the lab (read-only for the others)."""
+        self.get(job_id)
+        return self._shared(job_id)
+
     def find(self, job_id: str) -> Job | None:
         """Like :meth:`get` but None when the id is unknown."""
         try:
