@@ -1,0 +1,235 @@
+"""Load test of the signed-in app (issue 14): N concurrent browser sessions, each its own account.
+
+Starts ``streamlit run app.py`` on a free loopback port (127.0.0.1 only) with a fresh workspace and
+N local accounts, then drives N Chromium sessions at once (Playwright, one browser, N contexts).
+Each session signs in, uploads its own small synthetic movie on the Data page, opens Pretrain (a
+sidebar link: the same signed-in session), submits a tiny pretraining job ("Quick test") and waits
+for it to finish. At the end every job must be ``done``, one per user, none lost. Prints JSON:
+page render times (from the action to the app being idle) median and worst, per step, and the
+job wall times. Bounded: at most ``--timeout`` seconds (default 1500).
+
+    python bench/load_signin.py [--sessions 5] [--timeout 1500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CHROMIUM = "/usr/bin/chromium"
+BUSY_JS = ("() => !!(document.querySelector('[data-testid=\"stAppSkeleton\"]') || "
+           "document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]') || "
+           "!document.querySelector('[data-testid=\"stApp\"]'))")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _movie_bytes(seed: int) -> bytes:
+    import tifffile
+
+    from tapcore.synthetic import SynthConfig, make_synthetic
+
+    synth = make_synthetic(SynthConfig(seed=seed, frames=12, height=64, width=64, cells=6))
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, synth.movie, photometric="minisblack")
+    return buf.getvalue()
+
+
+async def _settle(page, timeout: float = 300.0, quiet: float = 1.0) -> float:
+    """Wait until the app has been idle for ``quiet`` s; returns when it became idle (perf_counter)."""
+    deadline = time.time() + timeout
+    await page.wait_for_timeout(300)
+    idle_since = None
+    while time.time() < deadline:
+        if await page.evaluate(BUSY_JS):
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.perf_counter()
+        elif time.perf_counter() - idle_since >= quiet:
+            return idle_since
+        await page.wait_for_timeout(100)
+    raise TimeoutError(f"the app stayed busy for {timeout} s")
+
+
+async def _timed(times: dict, step: str, coro) -> None:
+    """Run an action ending in :func:`_settle`; the time from its start to the app becoming idle (the
+    page drawn) goes to ``times[step]``."""
+    t0 = time.perf_counter()
+    idle_at = await coro
+    times.setdefault(step, []).append(idle_at - t0)
+
+
+async def _session(browser, url: str, user: str, password: str, movie: bytes, times: dict, timeout: float) -> dict:
+    ctx = await browser.new_context(viewport={"width": 1300, "height": 1000})
+    page = await ctx.new_page()
+    out: dict = {"user": user}
+    try:
+        async def goto_data():
+            await page.goto(f"{url}/data")
+            await page.get_by_role("heading", name="Sign in").wait_for(timeout=timeout * 1000)
+            return await _settle(page)
+
+        await _timed(times, "open (sign-in form)", goto_data())
+
+        async def sign_in():
+            await page.get_by_label("User name").fill(user)
+            await page.get_by_label("Password", exact=True).fill(password)
+            await page.get_by_role("button", name="Sign in").click()
+            await page.get_by_role("heading", name="Data").wait_for(timeout=timeout * 1000)
+            return await _settle(page)
+
+        await _timed(times, "sign in -> Data page", sign_in())
+
+        async def upload():
+            await page.get_by_role("tab", name="Upload a movie").click()
+            await page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
+                files=[{"name": f"{user}-movie.tif", "mimeType": "image/tiff", "buffer": movie}])
+            await page.wait_for_timeout(500)
+            await page.get_by_role("button", name="Check and save").click()
+            await page.get_by_text("Saved:").first.wait_for(timeout=timeout * 1000)
+            return await _settle(page)
+
+        await _timed(times, "upload + check", upload())
+
+        async def open_pretrain():
+            await page.get_by_test_id("stSidebarNav").get_by_role("link", name="Pretrain").click()
+            await page.get_by_role("heading", name="Pretrain").wait_for(timeout=timeout * 1000)
+            return await _settle(page)
+
+        await _timed(times, "open Pretrain", open_pretrain())
+        await page.get_by_label("Settings", exact=True).first.click()
+        await page.get_by_role("option", name="Quick test (a minute on a laptop)").click()
+        await _settle(page)
+
+        async def submit():
+            await page.get_by_role("button", name="Start pretraining").click()
+            await page.get_by_text("queued. Progress appears below").first.wait_for(timeout=timeout * 1000)
+            return await _settle(page)
+
+        await _timed(times, "submit job", submit())
+        from urllib.parse import parse_qs, urlparse
+
+        out["job"] = parse_qs(urlparse(page.url).query)["pre_job"][0]
+        await page.get_by_text("Keep these features as").first.wait_for(timeout=timeout * 1000)
+        out["seen_done_s"] = time.time()
+    finally:
+        await ctx.close()
+    return out
+
+
+async def _drive(url: str, users: dict[str, str], timeout: float) -> tuple[list, dict]:
+    from playwright.async_api import async_playwright
+
+    times: dict = {}
+    movies = {u: _movie_bytes(seed=i + 1) for i, u in enumerate(users)}
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            results = await asyncio.wait_for(asyncio.gather(
+                *[_session(browser, url, u, pw, movies[u], times, timeout) for u, pw in users.items()],
+                return_exceptions=True), timeout=timeout)
+        finally:
+            await browser.close()
+    return results, times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sessions", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=1500.0, help="seconds for the whole test")
+    args = parser.parse_args()
+
+    from tapcore.auth import UserStore
+    from tapcore.jobs.queue import JobQueue
+
+    tmp = Path(tempfile.mkdtemp(prefix="tapcore-load-"))
+    home = tmp / "workspace"
+    store = UserStore(home)
+    users = {f"user{i + 1}": f"load-test-password-{i + 1}" for i in range(args.sessions)}
+    for name, password in users.items():
+        store.add(name, password)
+    port = _free_port()
+    env = {**os.environ, "TAPCORE_HOME": str(home), "TAPCORE_WORKER_DEVICE": "cpu", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT)}
+    log = open(tmp / "streamlit.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.port", str(port), "--server.address", "127.0.0.1",
+                             "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    t_start = time.time()
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("streamlit did not start:\n" + (tmp / "streamlit.log").read_text())
+            time.sleep(0.3)
+        results, times = asyncio.run(_drive(url, users, args.timeout))
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+        spawn = home / "worker.spawn"  # the worker the app started: stop it by its recorded pid
+        if spawn.exists():
+            try:
+                os.kill(int(spawn.read_text().split()[0]), 15)
+            except (ProcessLookupError, ValueError):
+                pass
+        log.close()
+    errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
+    jobs = JobQueue(home).list()
+    by_owner = {}
+    for j in jobs:
+        by_owner.setdefault(j.owner, []).append(j)
+    submitted = [r["job"] for r in results if isinstance(r, dict) and "job" in r]
+    lost = [j for j in submitted if j not in {x.id for x in jobs}]
+    all_times = [t for ts in times.values() for t in ts]
+    report = {
+        "sessions": args.sessions,
+        "errors": errors,
+        "jobs_submitted": len(submitted),
+        "jobs_in_queue": len(jobs),
+        "jobs_done": sum(j.state == "done" for j in jobs),
+        "jobs_lost": lost,
+        "one_job_per_user": sorted(by_owner) == sorted(users) and all(len(v) == 1 for v in by_owner.values()),
+        "render_s": {"median": round(statistics.median(all_times), 2) if all_times else None,
+                     "worst": round(max(all_times), 2) if all_times else None, "samples": len(all_times)},
+        "render_s_by_step": {k: {"median": round(statistics.median(v), 2), "worst": round(max(v), 2)}
+                             for k, v in times.items()},
+        "job_wall_s": sorted(round((j.ended or 0) - j.created, 1) for j in jobs),
+        "total_s": round(time.time() - t_start, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(report, indent=2))
+    ok = (not errors and not lost and report["jobs_done"] == args.sessions == len(submitted)
+          and report["one_job_per_user"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
