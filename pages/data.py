@@ -180,6 +180,10 @@ with import_tab:
 
 st.header("Your datasets")
 datasets = ws.list_datasets()
+wanted = st.query_params.get("dataset")  # a deep link ?dataset=ID
+if wanted and wanted not in [d.id for d in datasets]:
+    st.warning(f"The dataset {wanted!r} named in this link is not available to you: it does not exist, or it is "
+               "another user's and not shared with the lab.")
 if not datasets:
     st.info("No datasets yet: load the demo or add a movie above.")
     st.stop()
@@ -194,11 +198,7 @@ table = pd.DataFrame([
 st.dataframe(table, hide_index=True, width="stretch")
 
 ids = [d.id for d in datasets]
-wanted = st.query_params.get("dataset")  # a deep link ?dataset=ID
-if wanted and wanted not in ids:
-    st.warning(f"The dataset {wanted!r} named in this link is not available to you: it does not exist, or it is "
-               "another user's and not shared with the lab.")
-elif wanted:
+if wanted in ids:
     st.session_state["data_selected"] = wanted
     st.session_state["data_preview"] = wanted
 selected = st.session_state.get("data_selected")

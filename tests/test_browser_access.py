@@ -114,7 +114,9 @@ def test_browser_b_cannot_see_a_dataset(lab_server, page):
     _settle(page, timeout=120)
     _sign_in(page, "bo", PASSWORDS["bo"])
     page.get_by_text("named in this link is not available to you").wait_for(timeout=60_000)
-    assert "ann-secret" not in _body(page)
+    body = _body(page)
+    assert body.count("ann-secret") == body.count(dataset) == 1  # only the link's own id is echoed back
+    assert "No datasets yet" in body
 
 
 def test_browser_owner_sees_own_job_and_signs_out(lab_server, page):
