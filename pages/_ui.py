@@ -75,6 +75,11 @@ def oidc_providers() -> list[str] | None:
     return [k for k in section.keys() if hasattr(section[k], "keys")]
 
 
+def _oidc_logged_in() -> bool:
+    """Whether ``st.user`` holds an identity from the provider (False outside a real server, e.g. AppTest)."""
+    return bool(st.user.get("is_logged_in", False))
+
+
 def access_mode() -> str:
     """``local``, ``password`` or ``oidc`` for this server (:func:`tapcore.auth.access_mode`);
     :class:`tapcore.auth.SignInRequired` for a server on a network address without any sign-in."""
@@ -109,7 +114,7 @@ def signed_in_user() -> User | None:
         if role is not None:
             st.session_state[USER_KEY] = (got[0], role)
             return User(got[0], role)
-    if mode == "oidc" and st.user.is_logged_in:
+    if mode == "oidc" and _oidc_logged_in():
         try:
             user = user_from_oidc(st.user.to_dict(), UserStore(home()))
         except (SignInError, ValueError) as exc:
@@ -187,7 +192,7 @@ def sign_out() -> None:
     st.session_state.pop("tapcore_signin_mode", None)
     if got:
         audit.record(home(), got[0], "sign-out", "session", "")
-    if oidc_providers() is not None and st.user.is_logged_in:
+    if oidc_providers() is not None and _oidc_logged_in():
         st.logout()
 
 

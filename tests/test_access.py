@@ -623,3 +623,19 @@ def test_app_on_localhost_without_accounts_needs_no_sign_in(tmp_path, monkeypatc
     at = _open("pages/data.py")
     assert [t.value for t in at.title] == ["Data"] and not at.text_input(key="import_path").value
     assert at.session_state["tapcore_user"] == ("local", "admin")  # acts as the local admin
+
+
+def test_app_oidc_configured_shows_only_the_provider_sign_in(lab):
+    """With an ``[auth]`` section in secrets.toml, a visitor not signed in sees the provider's button
+    (and the local form, since accounts exist), and nothing else."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32,
+                          "client_id": "tapcore", "client_secret": "not-a-secret",
+                          "server_metadata_url": "https://login.example.org/.well-known/openid-configuration"}
+    at.switch_page("pages/jobs.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert [t.value for t in at.title] == ["Sign in"]
+    assert [b.label for b in at.button] == ["Sign in with your institution's account", "Sign in"]
+    assert lab.job not in _texts(at) and not at.dataframe
