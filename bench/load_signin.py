@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 CHROMIUM = "/usr/bin/chromium"
+#: Longest wait for one page step (the job itself may take up to --timeout).
+STEP_TIMEOUT_S = 240
 BUSY_JS = ("() => !!(document.querySelector('[data-testid=\"stAppSkeleton\"]') || "
            "document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]') || "
            "!document.querySelector('[data-testid=\"stApp\"]'))")
@@ -68,34 +70,52 @@ async def _settle(page, timeout: float = 300.0, quiet: float = 1.0) -> float:
     raise TimeoutError(f"the app stayed busy for {timeout} s")
 
 
-async def _timed(times: dict, step: str, coro) -> None:
+def _log(user: str, text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {user}: {text}", file=sys.stderr, flush=True)
+
+
+async def _timed(times: dict, step: str, coro, user: str = "-") -> None:
     """Run an action ending in :func:`_settle`; the time from its start to the app becoming idle (the
     page drawn) goes to ``times[step]``."""
     t0 = time.perf_counter()
     idle_at = await coro
     times.setdefault(step, []).append(idle_at - t0)
+    _log(user, f"{step}: {idle_at - t0:.2f} s")
 
 
-async def _session(browser, url: str, user: str, password: str, movie: bytes, times: dict, timeout: float) -> dict:
+async def _session(browser, url: str, user: str, password: str, movie: bytes, times: dict, timeout: float,
+                   shots: Path) -> dict:
     ctx = await browser.new_context(viewport={"width": 1300, "height": 1000})
     page = await ctx.new_page()
+    page.set_default_timeout(STEP_TIMEOUT_S * 1000)
     out: dict = {"user": user}
+    step = "start"
     try:
         async def goto_data():
             await page.goto(f"{url}/data")
-            await page.get_by_role("heading", name="Sign in").wait_for(timeout=timeout * 1000)
+            await page.get_by_role("heading", name="Sign in").wait_for()
             return await _settle(page)
 
-        await _timed(times, "open (sign-in form)", goto_data())
+        await _timed(times, "open (sign-in form)", goto_data(), user)
 
         async def sign_in():
-            await page.get_by_label("User name").fill(user)
-            await page.get_by_label("Password", exact=True).fill(password)
-            await page.get_by_role("button", name="Sign in").click()
-            await page.get_by_role("heading", name="Data").wait_for(timeout=timeout * 1000)
+            # On a fresh server the first sign-in switches Streamlit's page mode once, which redraws the
+            # other tabs' forms: text typed at that moment is lost, as a person would notice and retype.
+            for attempt in range(3):
+                await page.get_by_label("User name").fill(user)
+                await page.get_by_label("Password", exact=True).fill(password)
+                await page.get_by_label("Password", exact=True).press("Tab")
+                await page.get_by_role("button", name="Sign in").click()
+                try:
+                    await page.get_by_role("heading", name="Data").wait_for(timeout=60_000)
+                    break
+                except Exception:  # noqa: BLE001 (playwright's TimeoutError): the form was redrawn, type again
+                    out["sign_in_retries"] = attempt + 1
+                    _log(user, "still on the sign-in form: typing again")
+            await page.get_by_role("heading", name="Data").wait_for()
             return await _settle(page)
 
-        await _timed(times, "sign in -> Data page", sign_in())
+        await _timed(times, "sign in -> Data page", sign_in(), user)
 
         async def upload():
             await page.get_by_role("tab", name="Upload a movie").click()
@@ -103,38 +123,44 @@ async def _session(browser, url: str, user: str, password: str, movie: bytes, ti
                 files=[{"name": f"{user}-movie.tif", "mimeType": "image/tiff", "buffer": movie}])
             await page.wait_for_timeout(500)
             await page.get_by_role("button", name="Check and save").click()
-            await page.get_by_text("Saved:").first.wait_for(timeout=timeout * 1000)
+            await page.get_by_text("Saved:").first.wait_for()
             return await _settle(page)
 
-        await _timed(times, "upload + check", upload())
+        await _timed(times, "upload + check", upload(), user)
 
         async def open_pretrain():
             await page.get_by_test_id("stSidebarNav").get_by_role("link", name="Pretrain").click()
-            await page.get_by_role("heading", name="Pretrain").wait_for(timeout=timeout * 1000)
+            await page.get_by_role("heading", name="Pretrain").wait_for()
             return await _settle(page)
 
-        await _timed(times, "open Pretrain", open_pretrain())
+        await _timed(times, "open Pretrain", open_pretrain(), user)
         await page.get_by_label("Settings", exact=True).first.click()
         await page.get_by_role("option", name="Quick test (a minute on a laptop)").click()
         await _settle(page)
 
         async def submit():
             await page.get_by_role("button", name="Start pretraining").click()
-            await page.get_by_text("queued. Progress appears below").first.wait_for(timeout=timeout * 1000)
+            await page.get_by_text("queued. Progress appears below").first.wait_for()
             return await _settle(page)
 
-        await _timed(times, "submit job", submit())
+        await _timed(times, "submit job", submit(), user)
         from urllib.parse import parse_qs, urlparse
 
         out["job"] = parse_qs(urlparse(page.url).query)["pre_job"][0]
+        _log(user, f"submitted {out['job']}; waiting for it to finish")
         await page.get_by_text("Keep these features as").first.wait_for(timeout=timeout * 1000)
-        out["seen_done_s"] = time.time()
+        _log(user, "job done, seen in the page")
+    except BaseException as exc:
+        shots.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(shots / f"{user}-failure.png"), full_page=True)
+        _log(user, f"failed ({type(exc).__name__}: {str(exc)[:300]}); screenshot {shots / (user + '-failure.png')}")
+        raise
     finally:
         await ctx.close()
     return out
 
 
-async def _drive(url: str, users: dict[str, str], timeout: float) -> tuple[list, dict]:
+async def _drive(url: str, users: dict[str, str], timeout: float, shots: Path) -> tuple[list, dict]:
     from playwright.async_api import async_playwright
 
     times: dict = {}
@@ -145,7 +171,7 @@ async def _drive(url: str, users: dict[str, str], timeout: float) -> tuple[list,
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         try:
             results = await asyncio.wait_for(asyncio.gather(
-                *[_session(browser, url, u, pw, movies[u], times, timeout) for u, pw in users.items()],
+                *[_session(browser, url, u, pw, movies[u], times, timeout, shots) for u, pw in users.items()],
                 return_exceptions=True), timeout=timeout)
         finally:
             await browser.close()
@@ -189,7 +215,7 @@ def main() -> int:
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError("streamlit did not start:\n" + (tmp / "streamlit.log").read_text())
             time.sleep(0.3)
-        results, times = asyncio.run(_drive(url, users, args.timeout))
+        results, times = asyncio.run(_drive(url, users, args.timeout, tmp / "screenshots"))
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
@@ -201,6 +227,7 @@ def main() -> int:
                 pass
         log.close()
     errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
+    retries = sum(r.get("sign_in_retries", 0) for r in results if isinstance(r, dict))
     jobs = JobQueue(home).list()
     by_owner = {}
     for j in jobs:
@@ -211,6 +238,7 @@ def main() -> int:
     report = {
         "sessions": args.sessions,
         "errors": errors,
+        "sign_in_retries": retries,
         "jobs_submitted": len(submitted),
         "jobs_in_queue": len(jobs),
         "jobs_done": sum(j.state == "done" for j in jobs),

@@ -174,7 +174,7 @@ class JobQueue:
     under that user, and :meth:`get`, :meth:`list`, :meth:`cancel`, :meth:`delete` and
     :meth:`set_shared` see and act only on that user's jobs and those shared with the lab (read-only),
     raising :class:`tapcore.access.AccessDenied` for anything else; admins see all. Without one
-    (the workers, the CLI on the box) nothing is filtered.
+    (the workers and the app's own bookkeeping) nothing is filtered.
     """
 
     def __init__(self, home: str | os.PathLike, user: User | None = None):
@@ -517,9 +517,10 @@ class JobQueue:
         job = self.get(job_id)
         if self.user is not None:
             check_change(self.user, job.owner, self._shared(job_id), f"job {job_id!r}", "cancel")
-            audit.record(self.home, self.user, "cancel", "job", job_id, job.kind)
         if job.state in FINAL_STATES:
             return job.state
+        audit.record(self.home, self.user.name if self.user is not None else job.owner, "cancel", "job", job_id,
+                     job.kind)
         with self._tx(immediate=True) as con:
             con.execute("UPDATE jobs SET cancel_requested=1 WHERE id=?", (job_id,))
             con.execute(
