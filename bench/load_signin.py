@@ -93,7 +93,7 @@ async def _session(browser, url: str, user: str, password: str, movie: bytes, ti
     try:
         async def goto_data():
             await page.goto(f"{url}/data")
-            await page.get_by_role("heading", name="Sign in").wait_for()
+            await page.get_by_role("heading", name="Sign in", exact=True).wait_for()
             return await _settle(page)
 
         await _timed(times, "open (sign-in form)", goto_data(), user)
@@ -107,12 +107,12 @@ async def _session(browser, url: str, user: str, password: str, movie: bytes, ti
                 await page.get_by_label("Password", exact=True).press("Tab")
                 await page.get_by_role("button", name="Sign in").click()
                 try:
-                    await page.get_by_role("heading", name="Data").wait_for(timeout=60_000)
+                    await page.get_by_role("heading", name="Data", exact=True).wait_for(timeout=60_000)
                     break
                 except Exception:  # noqa: BLE001 (playwright's TimeoutError): the form was redrawn, type again
                     out["sign_in_retries"] = attempt + 1
                     _log(user, "still on the sign-in form: typing again")
-            await page.get_by_role("heading", name="Data").wait_for()
+            await page.get_by_role("heading", name="Data", exact=True).wait_for()
             return await _settle(page)
 
         await _timed(times, "sign in -> Data page", sign_in(), user)
@@ -130,7 +130,7 @@ async def _session(browser, url: str, user: str, password: str, movie: bytes, ti
 
         async def open_pretrain():
             await page.get_by_test_id("stSidebarNav").get_by_role("link", name="Pretrain").click()
-            await page.get_by_role("heading", name="Pretrain").wait_for()
+            await page.get_by_role("heading", name="Pretrain", exact=True).wait_for()
             return await _settle(page)
 
         await _timed(times, "open Pretrain", open_pretrain(), user)

@@ -78,7 +78,7 @@ def test_browser_unauthenticated_sees_only_sign_in(lab_server, page):
     for path in ("data", "jobs", f"jobs?job={job}", "predict"):
         page.goto(f"{url}/{path}")
         _settle(page, timeout=120)
-        page.get_by_role("heading", name="Sign in").wait_for(timeout=60_000)
+        page.get_by_role("heading", name="Sign in", exact=True).wait_for(timeout=60_000)
         assert [h.inner_text().strip() for h in page.query_selector_all("h1")] == ["Sign in"], path
         assert page.query_selector('[data-testid="stSidebarNav"]') is None, path  # no page list
         body = _body(page)
@@ -102,7 +102,7 @@ def test_browser_b_cannot_open_a_job_by_deep_link(lab_server, page):
     _settle(page, timeout=120)
     _sign_in(page, "bo", PASSWORDS["bo"])
     page.get_by_text(f"Not allowed: bo may not open job '{job}'").wait_for(timeout=60_000)
-    page.get_by_role("heading", name="Jobs").wait_for()
+    page.get_by_role("heading", name="Jobs", exact=True).wait_for()
     assert "Signed in as bo" in _body(page)
     assert "One job" not in _body(page)  # bo has no job of his own to show
     _shot(page, "access-3-deep-link-refused")
@@ -128,4 +128,4 @@ def test_browser_owner_sees_own_job_and_signs_out(lab_server, page):
     assert "Not allowed" not in _body(page)
     page.get_by_role("button", name="Sign out").click()
     _settle(page)
-    page.get_by_role("heading", name="Sign in").wait_for(timeout=30_000)
+    page.get_by_role("heading", name="Sign in", exact=True).wait_for(timeout=30_000)
