@@ -373,3 +373,40 @@ def test_two_cpu_workers_run_two_jobs_at_once_and_a_killed_worker_is_restarted_a
     wait_until(lambda: not pid_alive(sup), 60, "the supervisor to stop")
     wait_until(lambda: not q.alive_workers(), 30, "its workers to stop")
     assert read_status(home) is None
+
+
+# -- the Jobs page --------------------------------------------------------------------------------------------
+def test_jobs_page_shows_positions_estimates_devices_and_the_gpu_line(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tapcore.jobs.gpus import NO_GPU
+
+    home = tmp_path / "workspace"
+    monkeypatch.setenv("TAPCORE_HOME", str(home))
+    monkeypatch.setattr("tapcore.jobs.worker.ensure_worker", lambda *a, **k: None)  # no background worker
+    monkeypatch.setattr("tapcore.jobs.gpus._load_nvml",
+                        lambda: _fake_nvml([], init_error="NVML Shared Library Not Found"))
+    q = JobQueue(home)
+    worker = q.register_worker("cpu:0")  # this test process stands in for a live worker
+    spec = _tiny_pretrain("tiny", 2, 0)
+    q.submit(spec, owner="lab")
+    job = q.claim(worker)
+    q.finish(job.id, "done")
+    with sqlite3.connect(q.db_path) as con:  # it took 100 s
+        con.execute("UPDATE jobs SET started = ?, ended = ? WHERE id = ?", (time.time() - 200, time.time() - 100, job.id))
+    a1 = q.submit(_tiny_pretrain("tiny", 2, 1), owner="ann")
+    a2 = q.submit(_tiny_pretrain("tiny", 2, 2), owner="ann")
+    b1 = q.submit(_tiny_pretrain("tiny", 2, 3), owner="bo")
+    assert q.claim(worker).id == a1
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at.switch_page("pages/jobs.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    frame = at.dataframe[0].value.set_index("job")
+    assert list(frame.loc[[a1, b1, a2], "queue position"]) == ["running", "1", "2"]  # bo's first job before ann's 2nd
+    assert frame.loc[a1, "device"] == "cpu:0" and frame.loc[job.id, "device"] == "cpu:0"
+    assert frame.loc[b1, "device"] == "" and frame.loc[job.id, "queue position"] == ""
+    for j in (b1, a2):  # ~100 s each, one worker: b1 after a1, a2 after b1
+        assert "(in ~" in frame.loc[j, "est. start (UTC)"] and "(in ~" in frame.loc[j, "est. finish (UTC)"]
+    assert frame.loc[a2, "est. finish (UTC)"].endswith("(in ~5 min)")  # 3 x 100 s from now
+    captions = "\n".join(c.value for c in at.caption)
+    assert f"{NO_GPU[:1].upper()}{NO_GPU[1:]} (NVIDIA driver not found" in captions and "jobs run on the CPU" in captions
