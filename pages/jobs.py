@@ -27,8 +27,9 @@ def queue_view() -> None:
     jobs = q.list(limit=200)
     workers = q.alive_workers()
     busy = [w for w in workers if w.job]
-    st.caption(f"{len(workers)} worker(s) running" + (f", {len(busy)} busy" if workers else
-                                                      " - one starts automatically when a job is queued"))
+    st.caption(f"{len(workers)} worker(s) running" + (f" ({', '.join(w.device for w in workers)}), {len(busy)} busy"
+                                                      if workers else
+                                                      " - they start automatically when a job is queued"))
     if not jobs:
         st.info("No jobs yet. Start one on the Pretrain, Event head or Predict page.")
         return

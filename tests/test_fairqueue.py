@@ -261,6 +261,16 @@ def test_worker_devices_from_settings_and_visible_gpus():
         worker_devices(environ={"TAPCORE_WORKER_DEVICES": "gpu0"})
 
 
+def test_estimates_use_the_cpu_for_a_cpu_worker_slot(tmp_path, monkeypatch):
+    from tapcore.estimate import worker_device
+
+    monkeypatch.delenv("TAPCORE_WORKER_DEVICE", raising=False)
+    monkeypatch.setenv("TAPCORE_WORKER_DEVICES", "cpu,cpu")
+    assert worker_device(tmp_path) == "cpu"  # no worker yet: the first device a new one would get
+    JobQueue(tmp_path).register_worker("cpu:1")
+    assert worker_device(tmp_path) == "cpu"
+
+
 # -- schedule -----------------------------------------------------------------------------------------------
 def _job(job_id: str, owner: str, state: str, *, kind: str = "predict", created: float = 0.0, started=None,
          ended=None, progress: float = 0.0, device=None, spec=None) -> Job:
