@@ -61,7 +61,7 @@ def queue_view() -> None:
 def gpu_view() -> None:
     report = read_gpus()
     if not report.available:
-        st.caption(report.message[:1].upper() + report.message[1:] + "; jobs run on the CPU.")
+        st.caption(report.message[:1].upper() + report.message[1:] + "; jobs run on the CPU.", help=report.reason)
         return
     st.dataframe(pd.DataFrame([g.as_row() for g in report.gpus]), hide_index=True, width="stretch",
                  column_config={"memory used (%)": st.column_config.ProgressColumn(min_value=0, max_value=100,

@@ -221,7 +221,7 @@ def test_gpu_readings_from_a_fake_nvml():
     nvml = _fake_nvml([{"name": b"NVIDIA H200", "used": 35 * gib, "total": 140 * gib, "util": 87, "mem_util": 40},
                        {"name": "NVIDIA H200", "used": gib // 2, "total": 140 * gib, "util": None, "mem_util": None}])
     report = read_gpus(nvml)
-    assert report.available and report.driver == "580.95.05" and report.message == ""
+    assert report.available and report.driver == "580.95.05" and report.message == report.reason == ""
     g0, g1 = report.gpus
     assert (g0.index, g0.name, g0.memory_used_mib, g0.memory_total_mib, g0.utilization_pct) == \
         (0, "NVIDIA H200", 35 * 1024.0, 140 * 1024.0, 87.0)
@@ -236,13 +236,14 @@ def test_no_gpu_is_a_plain_sentence_not_an_error():
 
     report = read_gpus(_fake_nvml([], init_error="NVML Shared Library Not Found"))
     assert not report.available
-    assert report.message == f"{NO_GPU} (NVIDIA driver not found: NVML Shared Library Not Found)"
-    assert read_gpus(_fake_nvml([])).message == f"{NO_GPU} (the NVIDIA driver 580.95.05 sees none)"
+    assert (report.message, report.reason) == (NO_GPU, "no NVIDIA driver: NVML Shared Library Not Found")
+    empty = read_gpus(_fake_nvml([]))
+    assert (empty.message, empty.reason) == (NO_GPU, "the NVIDIA driver 580.95.05 sees none")
     real = read_gpus()  # the real bindings on this machine
     if real.available:
         assert all(g.memory_total_mib > 0 for g in real.gpus)
     else:
-        assert real.message.startswith(NO_GPU)
+        assert real.message == NO_GPU and real.reason
 
 
 def test_worker_devices_from_settings_and_visible_gpus():
@@ -419,4 +420,4 @@ def test_jobs_page_shows_positions_estimates_devices_and_the_gpu_line(tmp_path, 
         assert "(in ~" in frame.loc[j, "est. start (UTC)"] and "(in ~" in frame.loc[j, "est. finish (UTC)"]
     assert frame.loc[a2, "est. finish (UTC)"].endswith("(in ~5 min)")  # 3 x 100 s from now
     captions = "\n".join(c.value for c in at.caption)
-    assert f"{NO_GPU[:1].upper()}{NO_GPU[1:]} (NVIDIA driver not found" in captions and "jobs run on the CPU" in captions
+    assert f"{NO_GPU[:1].upper()}{NO_GPU[1:]}; jobs run on the CPU." in captions

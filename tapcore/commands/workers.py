@@ -14,7 +14,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
     sup = Supervisor(home(), devices=args.devices or None, poll=args.poll, worker_poll=args.worker_poll,
                      restart_delay=args.restart_delay)
     report = read_gpus()
-    print(report.message or ", ".join(f"cuda:{g.index} {g.name} ({g.memory_total_mib / 1024:.0f} GiB)"
+    print(f"{report.message} ({report.reason})" if report.message else ", ".join(f"cuda:{g.index} {g.name} ({g.memory_total_mib / 1024:.0f} GiB)"
                                       for g in report.gpus), flush=True)
     print(f"starting {len(sup.slots)} worker(s): {', '.join(s.device for s in sup.slots)} (Ctrl-C stops them; "
           "their running jobs resume later from their checkpoints)", flush=True)

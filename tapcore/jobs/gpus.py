@@ -2,8 +2,8 @@
 
 ``pynvml`` comes from the ``nvidia-ml-py`` package (NVIDIA's own bindings). On a machine without an
 NVIDIA driver (a laptop, a CPU-only server, this project's CI) :func:`read_gpus` does not raise: it
-returns a :class:`GpuReport` with no GPUs and a plain sentence saying why, which the Jobs page and
-``tapcore workers`` show instead of a table.
+returns a :class:`GpuReport` with no GPUs, a plain line (:data:`NO_GPU`) and the reason, which the
+Jobs page and ``tapcore workers`` show instead of a table.
 """
 
 from __future__ import annotations
@@ -46,18 +46,20 @@ class GpuInfo:
 
 @dataclass(frozen=True)
 class GpuReport:
-    """All GPUs, or none with the reason (``message``)."""
+    """All GPUs, or none: ``message`` is the plain line to show (:data:`NO_GPU`), ``reason`` the detail."""
 
     gpus: list[GpuInfo] = field(default_factory=list)
     driver: str | None = None
     message: str = ""
+    reason: str = ""
 
     @property
     def available(self) -> bool:
         return bool(self.gpus)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"gpus": [asdict(g) for g in self.gpus], "driver": self.driver, "message": self.message}
+        return {"gpus": [asdict(g) for g in self.gpus], "driver": self.driver, "message": self.message,
+                "reason": self.reason}
 
 
 def _text(value: Any) -> str:
@@ -80,14 +82,14 @@ def read_gpus(nvml: Any = None) -> GpuReport:
         try:
             nvml = _load_nvml()
         except ImportError:
-            return GpuReport(message=f"{NO_GPU} (NVIDIA's bindings, package nvidia-ml-py, are not installed)")
+            return GpuReport(message=NO_GPU, reason="NVIDIA's bindings (package nvidia-ml-py) are not installed")
     error_type = getattr(nvml, "NVMLError", Exception)
     try:
         nvml.nvmlInit()
     except error_type as exc:  # no driver / no libnvidia-ml.so: the ordinary case on a CPU box
-        return GpuReport(message=f"{NO_GPU} (NVIDIA driver not found: {_text(exc)})")
+        return GpuReport(message=NO_GPU, reason=f"no NVIDIA driver: {_text(exc)}")
     except OSError as exc:
-        return GpuReport(message=f"{NO_GPU} (NVIDIA management library could not load: {exc})")
+        return GpuReport(message=NO_GPU, reason=f"NVIDIA's management library could not load: {exc}")
     try:
         try:
             driver = _text(nvml.nvmlSystemGetDriverVersion())
@@ -106,12 +108,13 @@ def read_gpus(nvml: Any = None) -> GpuReport:
                                 memory_used_mib=float(mem.used) / MIB, memory_total_mib=float(mem.total) / MIB,
                                 utilization_pct=gpu_pct, memory_utilization_pct=mem_pct))
     except error_type as exc:
-        return GpuReport(message=f"the NVIDIA driver answered with an error: {_text(exc)}")
+        return GpuReport(message="the NVIDIA driver answered with an error; GPU readings are unavailable",
+                         reason=_text(exc))
     finally:
         try:
             nvml.nvmlShutdown()
         except error_type:
             pass
     if not gpus:
-        return GpuReport(driver=driver, message=f"{NO_GPU} (the NVIDIA driver {driver} sees none)")
+        return GpuReport(driver=driver, message=NO_GPU, reason=f"the NVIDIA driver {driver} sees none")
     return GpuReport(gpus=gpus, driver=driver)
