@@ -211,6 +211,9 @@ class Supervisor:
         self._write_status()
         try:
             while not self._stop:
+                if not self.home.is_dir():  # the workspace was deleted: nothing left to work for
+                    logger.error("the workspace %s is gone: stopping the workers", self.home)
+                    break
                 if any([self._check(s) for s in self.slots]):
                     self._write_status()
                 time.sleep(self.poll)
