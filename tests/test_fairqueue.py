@@ -272,6 +272,41 @@ def test_estimates_use_the_cpu_for_a_cpu_worker_slot(tmp_path, monkeypatch):
     assert worker_device(tmp_path) == "cpu"
 
 
+class _DeadProc:
+    """A worker process that has exited with ``rc``."""
+
+    def __init__(self, rc: int, pid: int = 12345):
+        self.rc, self.pid = rc, pid
+
+    def poll(self) -> int:
+        return self.rc
+
+
+def test_supervisor_restart_delay_doubles_while_a_worker_keeps_dying(tmp_path, monkeypatch):
+    from tapcore.jobs.supervisor import CRASH_LOOP_S, MAX_RESTART_DELAY_S, Supervisor
+
+    sup = Supervisor(tmp_path, devices="cpu,cpu", restart_delay=1.0)
+    assert [s.device for s in sup.slots] == ["cpu:0", "cpu:1"]
+    spawned: list[str] = []
+
+    def spawn(slot):  # the new worker dies at once with status 1
+        spawned.append(slot.device)
+        slot.proc, slot.started = _DeadProc(1), time.time()
+
+    monkeypatch.setattr(sup, "_spawn", spawn)
+    slot = sup.slots[0]
+    slot.proc, slot.started = _DeadProc(-9), time.time() - CRASH_LOOP_S - 5  # it ran a while, then was killed
+    delays = []
+    for _ in range(9):
+        assert sup._check(slot)  # noticed: scheduled for restart
+        delays.append(round(slot.next_start - time.time()))
+        slot.next_start = 0.0  # let the delay pass
+        assert sup._check(slot)  # restarted
+    assert delays == [1, 1, 2, 4, 8, 16, 32, 60, 60] and MAX_RESTART_DELAY_S == 60
+    assert spawned == ["cpu:0"] * 9 and slot.restarts == 9 and slot.exits[:2] == [-9, 1]
+    assert sup.status()["workers"][0]["restarts"] == 9 and sup.status()["workers"][1]["restarts"] == 0
+
+
 # -- schedule -----------------------------------------------------------------------------------------------
 def _job(job_id: str, owner: str, state: str, *, kind: str = "predict", created: float = 0.0, started=None,
          ended=None, progress: float = 0.0, device=None, spec=None) -> Job:
