@@ -56,7 +56,7 @@ def test_apply_umask_from_env():
     assert apply_umask_from_env({"TAPCORE_UMASK": ""}) is None and current_umask() == 0o077
     assert apply_umask_from_env({"TAPCORE_UMASK": "0002"}) == 0o002 and current_umask() == 0o002
     assert apply_umask_from_env({"TAPCORE_UMASK": "027"}) == 0o027 and current_umask() == 0o027
-    for bad in ("abc", "0o2", "1000", "-1", "8"):
+    for bad in ("abc", "1000", "-1", "8", "u=rwx"):
         with pytest.raises(ValueError, match="TAPCORE_UMASK"):
             apply_umask_from_env({"TAPCORE_UMASK": bad})
     assert current_umask() == 0o027  # a bad value changes nothing
@@ -113,7 +113,7 @@ def test_the_cli_applies_tapcore_umask(tmp_path, env_umask, expected):
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     out = tmp_path / "synth"
     subprocess.run([sys.executable, "-m", "tapcore.cli", "synth", "--out", str(out), "--frames", "3",
-                    "--height", "32", "--width", "32", "--cells", "2"],
+                    "--height", "64", "--width", "64", "--cells", "2"],
                    env=env, check=True, umask=0o077, capture_output=True, timeout=120)
     written = [p for p in out.rglob("*") if p.is_file()]
     assert written and {p.name: _mode(p) for p in written} == {p.name: expected for p in written}
