@@ -44,6 +44,7 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 mkdir -p "$STATE" "$SHOTS"
+: > "$STATE/podman.log"
 
 FAILED=0
 PASSES=()
@@ -111,8 +112,10 @@ esac
 podman rm -f -t 5 "$NAME" >/dev/null 2>&1
 podman volume rm -f "$VOLUME" >/dev/null 2>&1
 log "podman run -d --name $NAME -p $PORT:8501 -v $VOLUME:/workspace $IMAGE   (a lab's box adds --gpus all)"
-podman run -d --name "$NAME" -p "$PORT:8501" -v "$VOLUME:/workspace" "$IMAGE" >/dev/null \
-  || { fail "container starts" "podman run failed"; finish; }
+# (podman's stderr goes to podman.log: without systemd it logs that it cannot schedule the image's
+# HEALTHCHECK timer; the check below runs that HEALTHCHECK itself)
+podman run -d --name "$NAME" -p "$PORT:8501" -v "$VOLUME:/workspace" "$IMAGE" >/dev/null 2>>"$STATE/podman.log" \
+  || { tail -5 "$STATE/podman.log"; fail "container starts" "podman run failed"; finish; }
 
 wait_health() {  # $1: seconds
   local deadline=$(( $(date +%s) + $1 ))
@@ -126,6 +129,11 @@ wait_health() {  # $1: seconds
 H0=$(date +%s)
 if wait_health 180; then
   pass "health endpoint answers" "GET $URL/_stcore/health -> ok, $(( $(date +%s) - H0 )) s after start"
+  if podman healthcheck run "$NAME" >/dev/null 2>>"$STATE/podman.log"; then
+    pass "the image's HEALTHCHECK passes" "podman healthcheck run $NAME (curl -fsS http://localhost:8501/_stcore/health inside)"
+  else
+    fail "the image's HEALTHCHECK passes" "podman healthcheck run $NAME: $(tail -1 "$STATE/podman.log")"
+  fi
 else
   podman logs --tail 30 "$NAME"
   fail "health endpoint answers" "no 'ok' from $URL/_stcore/health within 180 s"
@@ -222,9 +230,9 @@ BEFORE=$(snapshot 2>&1)
 STARTED1=$(podman inspect --format '{{.State.StartedAt}}' "$NAME")
 PID1=$(podman inspect --format '{{.State.Pid}}' "$NAME")
 log "podman stop $NAME; podman start $NAME"
-podman stop -t 20 "$NAME" >/dev/null
+podman stop -t 20 "$NAME" >/dev/null 2>>"$STATE/podman.log"
 STOPPED=$(podman inspect --format '{{.State.Status}}' "$NAME")
-podman start "$NAME" >/dev/null
+podman start "$NAME" >/dev/null 2>>"$STATE/podman.log"
 STARTED2=$(podman inspect --format '{{.State.StartedAt}}' "$NAME")
 PID2=$(podman inspect --format '{{.State.Pid}}' "$NAME")
 H0=$(date +%s)
