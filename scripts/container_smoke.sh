@@ -2,7 +2,7 @@
 # Container deploy smoke: build the image from ./Dockerfile and run it the way a lab does on its GPU box
 # (published port, named volume at /workspace, an extra worker added with exec), then check it.
 #
-#   scripts/container_smoke.sh            # about 12 min with a cached image, 20+ min from scratch
+#   scripts/container_smoke.sh            # about 10 min with a cached image, about 30 min from scratch
 #
 # Prints one "PASS  <check>: <detail>" or "FAIL  <check>: <detail>" line per check, then the total
 # duration and the image size; exits 1 when any check failed. Needs root, podman (Debian's; installed
