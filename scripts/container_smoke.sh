@@ -162,16 +162,18 @@ fi
 
 # -- an extra worker for a second device, added in the running container ------------------------------
 log "podman exec -d $NAME tapcore worker --device cpu   (a lab's second GPU: --device cuda:1)"
-in_ctr sh -c 'tapcore jobs' > "$STATE/workers-before.txt" 2>&1
+alive_workers() { in_ctr tapcore jobs 2>/dev/null | sed -n 's/^\([0-9][0-9]*\) worker(s) alive.*/\1/p'; }
+in_ctr tapcore jobs > "$STATE/workers-before.txt" 2>&1
+W_BEFORE=$(alive_workers)
 podman exec -d "$NAME" tapcore worker --device cpu >/dev/null
 W_OK=0
 for _ in $(seq 60); do
-  if in_ctr tapcore jobs 2>/dev/null | grep -q '^2 worker(s) alive'; then W_OK=1; break; fi
+  if [ -n "$W_BEFORE" ] && [ "$W_BEFORE" -ge 1 ] && [ "$(alive_workers)" = $(( W_BEFORE + 1 )) ]; then W_OK=1; break; fi
   sleep 1
 done
 WORKERS=$(in_ctr tapcore jobs 2>/dev/null | sed -n '/worker(s) alive/,$p' | tr -s ' \n' ' ')
 if [ "$W_OK" = 1 ]; then
-  pass "tapcore worker added in the running container" "$WORKERS"
+  pass "tapcore worker added in the running container" "$W_BEFORE -> $WORKERS"
 else
   fail "tapcore worker added in the running container" "before: $(tail -2 "$STATE/workers-before.txt" | tr '\n' ' '); now: $WORKERS"
 fi

@@ -342,7 +342,8 @@ def estimate_head(cfg, n_train: int, device: str = "auto", *, n_val: int = 0, n_
 # -- where jobs run ----------------------------------------------------------------------------
 def worker_device(home: Optional[str | os.PathLike] = None) -> str:
     """The device jobs of workspace ``home`` run on: the first live worker's (``auto`` resolved here),
-    else the device a new local worker would get (``$TAPCORE_WORKER_DEVICE``, default ``auto``)."""
+    else the device a new local worker would get (the first of ``$TAPCORE_WORKER_DEVICES``, else
+    ``$TAPCORE_WORKER_DEVICE``, default ``auto``). A CPU worker slot ``cpu:N`` is the CPU."""
     from tapcore.utils import resolve_device
 
     device = None
@@ -354,4 +355,6 @@ def worker_device(home: Optional[str | os.PathLike] = None) -> str:
             device = workers[0].device if workers else None
         except (OSError, ValueError):
             device = None
-    return resolve_device(device or os.environ.get("TAPCORE_WORKER_DEVICE") or "auto")
+    device = (device or os.environ.get("TAPCORE_WORKER_DEVICES", "").split(",")[0].strip()
+              or os.environ.get("TAPCORE_WORKER_DEVICE") or "auto")
+    return resolve_device("cpu" if device.startswith("cpu:") else device)

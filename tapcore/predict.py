@@ -51,7 +51,10 @@ uses ``ceil(min_distance / b)`` binned pixels).
 
 **Event list** (peak finding): local maxima of ``P_t`` found by max-pool non-maximum suppression
 with a ``(2 * min_distance + 1)`` square window (two events are more than ``min_distance`` pixels
-apart in y or x), with ``P_t >= threshold``; ties on a plateau keep one pixel.
+apart in y or x), with ``P_t >= threshold``; ties on a plateau keep one pixel. A division or death
+shows in two or three neighbouring frame pairs, so an event within ``repeat_frames`` frame pairs and
+``min_distance`` pixels of a more probable event of the same class is a repeat and is dropped
+(:func:`drop_repeats`; ``repeat_frames=0`` keeps every peak).
 
 Outputs (:func:`write_prediction`), all frames are 0-based indices of the movie as read:
 
@@ -110,6 +113,8 @@ class PredictConfig:
 
     threshold: float = 0.5  # lowest calibrated event probability of a reported event (peak)
     min_distance: int = 24  # pixels; reported events are more than this apart in y or x (half a crop)
+    repeat_frames: int = 2  # an event is a repeat of a more probable one of the same class within this many frame
+    # pairs and min_distance pixels, and is dropped (one division shows in 2-3 neighbouring pairs); 0: keep all
     tile: int = 1280  # frames larger than this (pixels) go through the backbone in tiles of this side
     overlap: int = 64  # context pixels around each backbone tile (the U-Net's receptive radius is ~51)
     head_tile: int = 1024  # output tile side of the encoder and the FFT correlation (bounds their memory)
@@ -129,6 +134,8 @@ class PredictConfig:
             raise ValueError(f"threshold must be a probability in [0, 1], got {self.threshold}")
         if int(self.min_distance) < 0:
             raise ValueError(f"min_distance must be >= 0 pixels, got {self.min_distance}")
+        if int(self.repeat_frames) < 0:
+            raise ValueError(f"repeat_frames must be >= 0 frame pairs, got {self.repeat_frames}")
         if int(self.tile) < 16 or int(self.head_tile) < 16:
             raise ValueError(f"tile and head_tile must be at least 16 pixels, got {self.tile}, {self.head_tile}")
         if int(self.overlap) < 0:
@@ -488,6 +495,33 @@ def _suppress_ties(pts: np.ndarray, d: int) -> np.ndarray:
     return pts[keep]
 
 
+def drop_repeats(events: pd.DataFrame, frames: int, distance: int) -> pd.DataFrame:
+    """Keep one event per event: drop an event when a more probable one of the same class lies within
+    ``frames`` frame pairs and ``distance`` pixels (Chebyshev, as :func:`find_peaks`).
+
+    A division or death changes a cell over two or three consecutive frame pairs, and each of them can
+    peak; greedy in order of decreasing probability (ties: earlier frame, then raster order), each kept
+    event suppresses its neighbours in space and time. ``events`` needs ``frame, y, x, probability,
+    class``; the kept rows come back in their original order and index.
+    """
+    if frames <= 0 or len(events) < 2:
+        return events
+    order = np.lexsort((events["x"].to_numpy(), events["y"].to_numpy(), events["frame"].to_numpy(),
+                        -events["probability"].to_numpy()))
+    f = events["frame"].to_numpy(np.int64)
+    yx = events[["y", "x"]].to_numpy(np.int64)
+    cls = events["class"].astype(str).to_numpy()
+    keep = np.zeros(len(events), bool)
+    kept: list[int] = []
+    for i in order:
+        near = [j for j in kept if cls[j] == cls[i] and abs(f[j] - f[i]) <= frames
+                and np.abs(yx[j] - yx[i]).max() <= distance]
+        if not near:
+            keep[i] = True
+            kept.append(i)
+    return events[keep]
+
+
 # -- the workflow ----------------------------------------------------------------------------------
 def _load(model: Union[str, os.PathLike, nn.Module], device: str) -> tuple[nn.Module, str, Optional[str], dict]:
     """(model, model_id, bundle path, manifest)"""
@@ -602,6 +636,10 @@ def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], 
                             "probability": np.float64})
     per_frame = pd.DataFrame(summary, columns=PER_FRAME_COLUMNS).astype(
         {"frame": np.int64, "next_frame": np.int64, "n_events": np.int64})
+    if int(cfg.repeat_frames) > 0 and len(events) > 1:
+        events = drop_repeats(events, int(cfg.repeat_frames), int(cfg.min_distance)).reset_index(drop=True)
+        counts = events["frame"].value_counts()
+        per_frame["n_events"] = per_frame["frame"].map(counts).fillna(0).astype(np.int64)
     movie_sha = sha256_array(movie)
     from tapcore.verdicts import data_shift_verdict, movie_statistics
 

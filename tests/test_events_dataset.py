@@ -220,3 +220,33 @@ def test_build_crop_pairs_keeps_the_unbalanced_training_pool():
     assert pool.counts(2)[1] == pairs.train.counts(2)[1]  # balancing drops negatives only
     keys = {tuple(c) for c in pool.coords.tolist()}
     assert all(tuple(c) in keys for c in pairs.train.coords.tolist())
+
+
+def test_centre_window_labels_only_events_at_the_crop_centre():
+    # a 48 px crop; centre 16 -> the window is rows/cols 16..31
+    at_centre = _crop((18, 28, 16, 26))  # 100 px, all inside the central window
+    at_edge = _crop((0, 10, 0, 10))  # 100 px, all outside it
+    straddling = _crop((10, 20, 10, 20))  # 100 px, 16 of them (rows/cols 16..19) inside
+    assert label_pair(at_centre, EMPTY, "size_either", 40, centre=16) == 1
+    assert label_pair(at_edge, EMPTY, "size_either", 40, centre=16) == 0
+    assert label_pair(at_edge, EMPTY, "size_either", 40) == 1  # the whole crop (paper) counts it
+    assert label_pair(straddling, EMPTY, "size_either", 15, centre=16) == 1
+    assert label_pair(straddling, EMPTY, "size_either", 16, centre=16) == 0
+    assert label_pair(at_edge, at_centre, "any_both", centre=16) == 0
+    assert label_pair(at_centre, at_centre, "any_both", centre=16) == 1
+    # label_coords (integral images over whole frames) agrees with label_pair on every crop of a movie
+    rng = np.random.default_rng(3)
+    masks = np.zeros((3, 80, 90), np.uint8)
+    masks[0, 20:34, 30:44] = 1
+    masks[1, 40:52, 10:25] = 2
+    masks[2, 5:15, 60:75] = 1
+    coords = np.stack([rng.integers(0, 2, 300), rng.integers(0, 80 - 48 + 1, 300), rng.integers(0, 90 - 48 + 1, 300)], 1)
+    for crit in ("size_either", "any_both", "any_either"):
+        cfg = CropPairConfig(crop=48, criterion=crit, min_area=20, centre=16, task="three_class")
+        got = label_coords(masks, coords, cfg)
+        want = [label_pair(masks[t, y:y + 48, x:x + 48], masks[t + 1, y:y + 48, x:x + 48], crit, 20, "three_class", 16)
+                for t, y, x in coords]
+        assert got.tolist() == want
+        assert 0 < (got > 0).sum() < len(got)
+    with pytest.raises(ValueError, match="centre must be between"):
+        CropPairConfig(crop=48, centre=64).validate()

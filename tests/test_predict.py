@@ -15,8 +15,8 @@ from tapcore.config import config_to_dict
 from tapcore.events.heads import build_head
 from tapcore.events.model import EventModel
 from tapcore.io import normalize_movie
-from tapcore.predict import (EVENT_COLUMNS, PER_FRAME_COLUMNS, DensePredictor, PredictConfig, find_peaks,
-                             predict_movie, write_prediction)
+from tapcore.predict import (EVENT_COLUMNS, PER_FRAME_COLUMNS, DensePredictor, PredictConfig, drop_repeats,
+                             find_peaks, predict_movie, write_prediction)
 from tapcore.tap.model import TapConfig, TapModel
 
 TINY = TapConfig(base_channels=4, depth=2, features=8)
@@ -151,6 +151,35 @@ def test_peak_finding_recovers_planted_peaks():
     # a smaller distance separates the two close peaks
     close = find_peaks(maps[1], threshold=0.5, min_distance=5)
     assert {(int(y), int(x)) for _, y, x in close} == {(50, 60), (50, 72), (5, 5)}
+
+
+def test_drop_repeats_keeps_the_most_probable_event_of_each_neighbourhood():
+    ev = pd.DataFrame([
+        (10, 50, 50, 0.90, "division"),  # kept: the strongest
+        (9, 52, 47, 0.70, "division"),  # 1 pair earlier, 3 px away: a repeat
+        (11, 50, 74, 0.80, "division"),  # 1 pair later, 24 px away (= distance): a repeat
+        (13, 45, 55, 0.95, "division"),  # 3 pairs later, stronger: kept (too far in time to touch the 0.90)
+        (13, 46, 56, 0.60, "death"),  # same place, other class: kept
+        (16, 50, 50, 0.85, "division"),  # 3 pairs after the 0.95 one: kept
+        (10, 50, 75, 0.50, "division"),  # 25 px from the strongest, 1 px from the dropped 0.80: kept
+    ], columns=["frame", "y", "x", "probability", "class"])
+    got = drop_repeats(ev, frames=2, distance=24)
+    assert sorted(got.index.tolist()) == [0, 3, 4, 5, 6]
+    assert drop_repeats(ev, frames=0, distance=24).equals(ev)
+    assert sorted(drop_repeats(ev, frames=1, distance=24).index.tolist()) == [0, 3, 4, 5, 6]
+    # 2 px: the near repeats are too far, but the 0.50 one lies 1 px from the (now kept) 0.80 one
+    assert sorted(drop_repeats(ev, frames=2, distance=2).index.tolist()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_predict_movie_drops_repeats_across_frame_pairs():
+    model = _model("resnet", 48)
+    movie = (np.random.default_rng(5).random((4, 64, 70)) * 1000).astype(np.uint16)
+    every = predict_movie(movie, model, PredictConfig(threshold=0.0, min_distance=10, repeat_frames=0))
+    kept = predict_movie(movie, model, PredictConfig(threshold=0.0, min_distance=10, repeat_frames=1))
+    assert len(kept.events) < len(every.events)
+    want = drop_repeats(every.events, 1, 10).reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept.events, want)
+    assert kept.per_frame["n_events"].tolist() == [int((want["frame"] == t).sum()) for t in range(3)]
 
 
 def test_peak_finding_plateau_keeps_one():

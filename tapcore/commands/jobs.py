@@ -61,10 +61,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if not jobs:
         print("no jobs")
         return 0
-    print(f"{'job':42} {'state':11} {'progress':>8}  {'owner':12} created")
+    print(f"{'job':42} {'state':11} {'progress':>8}  {'owner':12} {'device':8} created")
     for j in jobs:
         r = j.as_row()
-        print(f"{r['job']:42} {r['state']:11} {r['progress']:7.1f}%  {r['owner'][:12]:12} {r['created']}"
+        print(f"{r['job']:42} {r['state']:11} {r['progress']:7.1f}%  {r['owner'][:12]:12} {r['device'][:8]:8} "
+              f"{r['created']}"
               + (f"  {r['error']}" if r["error"] else ""))
     workers = queue.alive_workers()
     print(f"\n{len(workers)} worker(s) alive" + "".join(f"\n  {w.id} on {w.device}" + (f", running {w.job}" if w.job else "")

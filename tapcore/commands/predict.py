@@ -51,7 +51,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tapcore.predict import PredictConfig, predict_movie, write_prediction
 
     inp = _movie(args.movie)
-    cfg = PredictConfig(threshold=args.threshold, min_distance=args.min_distance, tile=args.tile,
+    cfg = PredictConfig(threshold=args.threshold, min_distance=args.min_distance,
+                        repeat_frames=args.repeat_frames, tile=args.tile,
                         overlap=args.overlap, batch=args.batch, device=args.device, amp=args.amp,
                         calibrate=not args.no_calibration, keep_maps=not args.no_maps,
                         num_threads=args.threads).validate()
@@ -140,6 +141,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="lowest calibrated event probability of a reported event (default %(default)s)")
     p.add_argument("--min-distance", type=int, default=d.min_distance,
                    help="reported events are more than this many pixels apart (default %(default)s)")
+    p.add_argument("--repeat-frames", type=int, default=d.repeat_frames,
+                   help="drop an event within this many frame pairs and --min-distance pixels of a more probable "
+                        "one of the same class (a repeat of it); 0 keeps every peak (default %(default)s)")
     p.add_argument("--tile", type=int, default=d.tile, help="backbone tile side for large frames (default %(default)s)")
     p.add_argument("--overlap", type=int, default=d.overlap, help="context pixels around tiles (default %(default)s)")
     p.add_argument("--batch", type=int, default=None, help="frames per call (default 1 on CPU, 8 on GPU)")

@@ -9,6 +9,11 @@ windows at the same location of consecutive frames (t, t+1), ``pairs_per_frame``
 - ``size_either`` (paper default): positive if either crop has MORE than ``min_area`` (40) event pixels,
   which keeps events that only touch the crop's edge negative.
 
+With ``centre`` > 0 each criterion counts only the event pixels inside the central ``centre x centre``
+window of each crop (not in the paper): a pair is an event when the event sits at the crop's centre,
+so a head trained on such labels peaks where the event is and stays low on crops that merely hold an
+event near their edge, which is what whole-movie detection (one peak per event) needs.
+
 Tasks: ``"event"`` (binary: 0 none, 1 any event) or ``"three_class"`` (0 none, 1 division, 2 death).
 In the three-class task a pair is an event exactly when it is one in the binary task (the criterion
 is applied to all event pixels together); its class is the event value with more pixels in the two
@@ -55,6 +60,9 @@ class CropPairConfig:
     pairs_per_frame: int = 1000  # random crops per consecutive frame pair (paper: 1,000)
     criterion: str = "size_either"  # "size_either" (paper default) | "any_both" | "any_either"
     min_area: int = 40  # size_either: a crop is positive with MORE than this many event pixels (paper: 40)
+    centre: int = 0  # > 0: the criterion counts only the event pixels in each crop's central centre x centre
+    # window (event-centred labels, for detection: a pair is an event when the event sits at its centre);
+    # 0: the whole crop (paper)
     task: str = "event"  # "event" (binary, 1 = division or death) | "three_class" (0 none, 1 division, 2 death)
     split: str = "random"  # "random" (paper) | "time" | "region"
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train / validation / test (paper)
@@ -74,6 +82,8 @@ class CropPairConfig:
             raise ValueError(f"pairs_per_frame must be at least 1, got {self.pairs_per_frame}")
         if int(self.min_area) < 0:
             raise ValueError(f"min_area must be >= 0 pixels, got {self.min_area}")
+        if not 0 <= int(self.centre) <= int(self.crop):
+            raise ValueError(f"centre must be between 0 (whole crop) and the crop size {self.crop}, got {self.centre}")
         fr = tuple(float(f) for f in self.fractions)
         if len(fr) != 3 or min(fr) <= 0 or abs(sum(fr) - 1.0) > 1e-6:
             raise ValueError(f"fractions must be three positive numbers summing to 1 (train, val, test); got {self.fractions}")
@@ -167,8 +177,11 @@ def _box_sum(s: np.ndarray, y: np.ndarray, x: np.ndarray, crop: int) -> np.ndarr
 
 
 def label_pair(mask_t: np.ndarray, mask_t1: np.ndarray, criterion: str = "size_either", min_area: int = 40,
-               task: str = "event") -> int:
+               task: str = "event", centre: int = 0) -> int:
     """Label one pair of mask crops (values 0, 1, 2) under a criterion; see the module docstring."""
+    if centre:
+        o = (mask_t.shape[0] - centre) // 2
+        mask_t, mask_t1 = mask_t[o:o + centre, o:o + centre], mask_t1[o:o + centre, o:o + centre]
     a = np.array([[np.count_nonzero(mask_t == v), np.count_nonzero(mask_t1 == v)] for v in (1, 2)])  # (2 values, 2 frames)
     return int(_labels_from_areas(a[None], criterion, min_area, task)[0])
 
@@ -196,6 +209,8 @@ def label_coords(masks: np.ndarray, coords: np.ndarray, cfg: CropPairConfig) -> 
     coords = np.asarray(coords, np.int64).reshape(-1, 3)
     labels = np.zeros(len(coords), np.int64)
     c = int(cfg.crop)
+    w = int(cfg.centre) or c  # side of the window whose event pixels count
+    off = (c - w) // 2  # its offset from the crop's top-left corner
     cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def tables(t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -209,12 +224,12 @@ def label_coords(masks: np.ndarray, coords: np.ndarray, cfg: CropPairConfig) -> 
     ts = coords[order, 0]
     for t in np.unique(ts):
         idx = order[ts == t]
-        y, x = coords[idx, 1], coords[idx, 2]
+        y, x = coords[idx, 1] + off, coords[idx, 2] + off
         areas = np.empty((len(idx), 2, 2), np.int64)
         for f, tt in enumerate((int(t), int(t) + 1)):
             s1, s2 = tables(tt)
-            areas[:, 0, f] = _box_sum(s1, y, x, c)
-            areas[:, 1, f] = _box_sum(s2, y, x, c)
+            areas[:, 0, f] = _box_sum(s1, y, x, w)
+            areas[:, 1, f] = _box_sum(s2, y, x, w)
         labels[idx] = _labels_from_areas(areas, cfg.criterion, int(cfg.min_area), cfg.task)
     return labels
 

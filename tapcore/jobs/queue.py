@@ -3,7 +3,9 @@
 Every operation opens its own connection and runs one short transaction, so several processes
 (the app, ``tapcore submit``, one worker per GPU) can use the queue at once. Claiming a job is an
 ``UPDATE ... WHERE state IN ('queued', 'interrupted')`` inside ``BEGIN IMMEDIATE``: two workers never
-get the same job, and jobs run in submission (FIFO) order.
+get the same job. Which job a free worker takes is fair between users (:mod:`tapcore.jobs.fairshare`:
+the user with the fewest running jobs first, FIFO within a user), within the per-user limits of
+:mod:`tapcore.jobs.limits` (also checked at submit). The job records the device its worker runs on.
 
 Job states::
 
@@ -63,7 +65,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    device TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE TABLE IF NOT EXISTS workers (
@@ -127,6 +130,7 @@ class Job:
     cancel_requested: bool
     error: str | None
     run_dir: Path = field(default=Path("."))
+    device: str | None = None  # the device of the worker that ran it last (cpu, cuda:N, ...)
 
     def as_row(self) -> dict[str, Any]:
         """A flat dict for tables (times as UTC strings)."""
@@ -140,6 +144,7 @@ class Job:
             "started": iso(self.started),
             "ended": iso(self.ended),
             "attempts": self.attempts,
+            "device": self.device or "",
             "error": self.error or "",
         }
 
@@ -194,6 +199,7 @@ class JobQueue:
                     con.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
                     con.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
                     con.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); runs its own transaction
+                    _add_missing_columns(con)
                 finally:
                     con.close()
                 return
@@ -249,6 +255,7 @@ class JobQueue:
             cancel_requested=bool(row["cancel_requested"]),
             error=row["error"],
             run_dir=self.run_dir(row["id"]),
+            device=row["device"] if "device" in row.keys() else None,
         )
 
     # -- submitting and reading -----------------------------------------------------------------
@@ -305,6 +312,9 @@ class JobQueue:
                     logger.info("job %s (%s) for %s is already queued or running: not submitted twice",
                                 row["id"], spec["kind"], owner)
                     return row["id"], True
+            from tapcore.jobs.limits import check_submit
+
+            check_submit(self.home, owner, con)  # per-user limits: LimitError (a ValueError) names the limit
             run_dir.mkdir(parents=True)
             atomic_write_json(run_dir / "spec.json", {"id": job_id, "owner": owner, **spec})
             atomic_write_json(run_dir / "state.json", {"state": "queued", "created": iso(_now())})
@@ -433,22 +443,27 @@ class JobQueue:
         return marked
 
     def claim(self, worker_id: str) -> Job | None:
-        """Atomically take the oldest queued or interrupted job; None when there is none."""
+        """Atomically take the next waiting job in fair-share order; None when there is none.
+
+        The order is :func:`tapcore.jobs.fairshare.pick` over the queued and interrupted jobs (the user
+        with the fewest running jobs, then the one served least recently, FIFO within a user); users at
+        their ``max_running`` limit wait. The job records the worker's device.
+        """
         with self._tx(immediate=True) as con:
-            row = con.execute(
-                "SELECT * FROM jobs WHERE state IN ('queued', 'interrupted') AND cancel_requested = 0 "
-                "AND COALESCE(worker, '') NOT LIKE 'slurm:%' ORDER BY seq LIMIT 1"
-            ).fetchone()
-            if row is None:
+            from tapcore.jobs.fairshare import load_and_pick
+
+            job_id = load_and_pick(con, self.home)
+            if job_id is None:
                 return None
+            device = con.execute("SELECT device FROM workers WHERE id = ?", (worker_id,)).fetchone()
             con.execute(
                 "UPDATE jobs SET state='running', worker=?, started=COALESCE(started, ?), ended=NULL, "
-                "attempts=attempts+1, error=NULL WHERE id=?",
-                (worker_id, _now(), row["id"]),
+                "attempts=attempts+1, error=NULL, device=? WHERE id=?",
+                (worker_id, _now(), device["device"] if device else None, job_id),
             )
-            con.execute("UPDATE workers SET job=?, heartbeat=? WHERE id=?", (row["id"], _now(), worker_id))
-        job = self.get(row["id"])
-        self._write_state(job.id, "running", attempt=job.attempts, resumed=job.attempts > 1)
+            con.execute("UPDATE workers SET job=?, heartbeat=? WHERE id=?", (job_id, _now(), worker_id))
+        job = self.get(job_id)
+        self._write_state(job.id, "running", attempt=job.attempts, resumed=job.attempts > 1, device=job.device)
         return job
 
     def set_pid(self, job_id: str, pid: int | None) -> None:
@@ -523,6 +538,18 @@ class JobQueue:
             atomic_write_json(path, data)
         except OSError as exc:  # state.json mirrors the database, which stays the truth: never stop a worker
             logger.warning("could not update %s (%s); the job queue database has the job's state", path, exc)
+
+
+def _add_missing_columns(con: sqlite3.Connection) -> None:
+    """Bring a queue made by an older tapcore up to date (``ALTER TABLE`` for columns it lacks)."""
+    have = {r[1] for r in con.execute("PRAGMA table_info(jobs)").fetchall()}
+    for name, decl in (("device", "TEXT"),):
+        if name not in have:
+            try:
+                con.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+            except sqlite3.OperationalError as exc:  # another process added it a moment ago
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 def _database_error(exc: sqlite3.OperationalError, db_path: Path) -> Exception:

@@ -1,6 +1,7 @@
 """The job worker: claims queued jobs and runs each in its own fresh subprocess.
 
-One worker per GPU (``tapcore worker --device cuda:0``) or one for the CPU. Each job runs as
+One worker per GPU (``tapcore worker --device cuda:0``; ``tapcore workers`` starts and supervises one
+per GPU, :mod:`tapcore.jobs.supervisor`) or one for the CPU. Each job runs as
 ``python -m tapcore.jobs.run_job RUN_DIR`` in its own process group (a clean CUDA context per job;
 cancel = kill the group), with stdout and stderr appended to ``runs/<id>/log.txt``. The worker
 writes a heartbeat while it waits and while a job runs; a worker that dies leaves its job
@@ -11,7 +12,6 @@ worker resumes it from its last checkpoint.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import logging
 import os
 import signal
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from tapcore.jobs.queue import Job, JobQueue, pid_alive
+from tapcore.jobs.queue import Job, JobQueue
 from tapcore.progress import fraction_done, read_metrics
 from tapcore.utils import disk_full_message, is_disk_full, read_json
 
@@ -31,10 +31,10 @@ _PR_SET_PDEATHSIG = 1
 
 
 def child_env(device: str) -> dict[str, str]:
-    """Environment of a job process pinned to ``device`` (``cpu``, ``cuda``, ``cuda:N`` or ``auto``)."""
+    """Environment of a job process pinned to ``device`` (``cpu``, ``cpu:N``, ``cuda``, ``cuda:N`` or ``auto``)."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
-    if device == "cpu":
+    if device == "cpu" or device.startswith("cpu:"):
         env["CUDA_VISIBLE_DEVICES"] = ""
         env["TAPCORE_DEVICE"] = "cpu"
     elif device.startswith("cuda:"):
@@ -56,12 +56,17 @@ def _die_with_parent() -> None:
 
 
 def validate_device(device: str) -> str:
-    """Check a worker device name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    """Check a worker device name: ``auto``, ``cpu``, ``cpu:N``, ``cuda`` or ``cuda:N``.
+
+    ``cpu:N`` is CPU worker slot N: several workers on the CPU (stand-ins for GPUs in tests, or a CPU-only
+    box that runs small jobs side by side); each records its own slot as the job's device.
+    """
     if device in ("auto", "cpu", "cuda"):
         return device
-    if device.startswith("cuda:") and device.split(":", 1)[1].isdigit():
+    if device.startswith(("cuda:", "cpu:")) and device.split(":", 1)[1].isdigit():
         return device
-    raise ValueError(f"unknown worker device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N' (N = GPU index)")
+    raise ValueError(f"unknown worker device {device!r}; use 'auto', 'cpu', 'cpu:N' (CPU slot N), 'cuda' or "
+                     "'cuda:N' (N = GPU index)")
 
 
 class Worker:
@@ -204,49 +209,17 @@ def kill_group(pid: int) -> None:
 
 
 def ensure_worker(home: str | os.PathLike, device: str | None = None) -> int | None:
-    """Start a detached local worker for ``home`` unless one is alive; returns its pid (or None).
+    """Start the worker supervisor (``tapcore workers``: one worker per GPU) for ``home`` unless workers
+    are alive; returns its pid (or None).
 
-    Used by the app so that ``streamlit run app.py`` alone is a working install. A lock file keeps
-    two browser sessions from starting two workers at once. The device comes from ``device`` or
-    ``$TAPCORE_WORKER_DEVICE`` (default ``auto``). With a ``[slurm]`` section in the workspace's
-    ``tapcore.toml`` no local worker is started (jobs go to Slurm).
+    Used by the app so that ``streamlit run app.py`` alone is a working install. ``device`` (one device
+    or a comma-separated list) overrides ``$TAPCORE_WORKER_DEVICES`` / ``$TAPCORE_WORKER_DEVICE`` and the
+    visible GPUs (:func:`tapcore.jobs.supervisor.worker_devices`). Nothing starts when the workspace's
+    ``tapcore.toml`` has a ``[slurm]`` section.
     """
-    queue = JobQueue(home)
-    if queue.alive_workers():
-        return None
-    from tapcore.jobs.queue import _slurm_config
+    from tapcore.jobs.supervisor import ensure_supervisor
 
-    if _slurm_config(queue.home) is not None:
-        return None  # jobs go to Slurm (tapcore.toml): no local worker
-    lock_path = queue.home / "worker.lock"
-    with open(lock_path, "a+", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if queue.alive_workers():
-                return None
-            spawn_file = queue.home / "worker.spawn"
-            if spawn_file.exists():
-                try:
-                    pid = int(spawn_file.read_text().split()[0])
-                except (ValueError, IndexError):
-                    pid = 0
-                if pid_alive(pid) and time.time() - spawn_file.stat().st_mtime < 60:
-                    return None  # started moments ago, still registering
-            device = validate_device(device or os.environ.get("TAPCORE_WORKER_DEVICE", "auto"))
-            with open(queue.home / "worker.log", "a", encoding="utf-8") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "tapcore.cli", "worker", "--device", device],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env={**os.environ, "TAPCORE_HOME": str(queue.home)},
-                    start_new_session=True,
-                )
-            spawn_file.write_text(f"{proc.pid}\n")
-            logger.info("started a local worker (pid %d) on %s", proc.pid, device)
-            return proc.pid
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return ensure_supervisor(home, device)
 
 
 def wait_for(queue: JobQueue, job_id: str, timeout: float = 600.0, poll: float = 0.2) -> Job:
