@@ -167,7 +167,8 @@ in_ctr tapcore jobs > "$STATE/workers-before.txt" 2>&1
 W_BEFORE=$(alive_workers)
 podman exec -d "$NAME" tapcore worker --device cpu >/dev/null
 W_OK=0
-for _ in $(seq 60); do
+W_DEADLINE=$(( $(date +%s) + 90 ))
+while [ "$(date +%s)" -lt "$W_DEADLINE" ]; do
   if [ -n "$W_BEFORE" ] && [ "$W_BEFORE" -ge 1 ] && [ "$(alive_workers)" = $(( W_BEFORE + 1 )) ]; then W_OK=1; break; fi
   sleep 1
 done

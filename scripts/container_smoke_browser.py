@@ -94,11 +94,18 @@ def predict_page(page, url: str, checks: Checks, tag: str):
 def pretrain_in_page(page, url: str, checks: Checks):
     def fn():
         page.goto(f"{url}/pretrain")
-        settle(page)
-        page.get_by_label("Settings", exact=True).first.click()
-        page.get_by_role("option", name="Quick test (a minute on a laptop)").click()
+        # on a loaded machine the page can take minutes to draw its form (skeletons first): wait for the
+        # widgets themselves, not only for an idle moment
+        settings = page.get_by_label("Settings", exact=True).first
+        settings.wait_for(timeout=300_000)
+        settle(page, timeout=300)
+        settings.click(timeout=120_000)
+        page.get_by_role("option", name="Quick test (a minute on a laptop)").click(timeout=120_000)
         settle(page, timeout=300)  # the form times a few training steps for its estimate
-        page.get_by_role("button", name="Start pretraining").click()
+        start = page.get_by_role("button", name="Start pretraining")
+        start.wait_for(timeout=300_000)
+        settle(page, timeout=300)
+        start.click(timeout=120_000)
         wait_text(page, "queued. Progress appears below", 120)
         query = {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
         job = query["pre_job"]
@@ -111,7 +118,7 @@ def pretrain_in_page(page, url: str, checks: Checks):
         box.fill(MODEL_NAME)
         box.press("Enter")
         settle(page)
-        page.get_by_role("button", name="Keep model").click()
+        page.get_by_role("button", name="Keep model").click(timeout=120_000)
         wait_text(page, f"Saved as saved:{MODEL_NAME}", 120)
         settle(page)
         checks.result["model"] = MODEL_NAME
