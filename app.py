@@ -9,6 +9,12 @@ app starts when none is running (or run ``tapcore worker`` yourself, one per GPU
 import tapcore  # noqa: F401  (first: sets torch's CPU allocation options before torch loads)
 import streamlit as st
 
+from tapcore.utils import apply_umask_from_env
+
+# $TAPCORE_UMASK (0002 in the container image): files the app and its workers write stay readable by
+# the lab's group (an entry-point setting, not an import side effect)
+apply_umask_from_env()
+
 st.set_page_config(page_title="tapcore · cell events", page_icon=":material/biotech:", layout="wide")
 
 PAGES = [

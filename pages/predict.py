@@ -70,6 +70,7 @@ def predict_direct(out: Path) -> None:
     import tempfile
 
     from tapcore.predict import PredictConfig, predict_movie, write_prediction
+    from tapcore.utils import chmod_as_created
 
     bar = st.progress(0.0, text="Finding events in the movie (once; the result is kept)...")
 
@@ -83,6 +84,7 @@ def predict_direct(out: Path) -> None:
     pred = predict_movie(movie, model_path, PredictConfig(threshold=LIST_FLOOR, device="cpu"), progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    chmod_as_created(tmp)  # mkdtemp's 0700 would hide the prediction from the lab's group
     write_prediction(pred, tmp)
     if out.exists():  # another session finished the same prediction first
         shutil.rmtree(tmp, ignore_errors=True)

@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import torch
 
-from tapcore.utils import atomic_write_json, read_json
+from tapcore.utils import atomic_write_json, chmod_as_created, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ def save_bundle(path: str | os.PathLike, *, kind: str, config: dict[str, Any], s
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    chmod_as_created(tmp)  # mkdtemp's 0700 would hide the bundle from the lab's group
     try:
         atomic_write_json(tmp / CONFIG, {"kind": kind, "format_version": FORMAT_VERSION, **config})
         _write_file(tmp / WEIGHTS, weights)

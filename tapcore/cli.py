@@ -42,6 +42,13 @@ def _resolve_shipped(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tapcore.utils import apply_umask_from_env
+
+    try:
+        apply_umask_from_env()  # $TAPCORE_UMASK (0002 in the image): the lab's group reads what we write
+    except ValueError as exc:
+        print(f"tapcore: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")

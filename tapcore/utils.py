@@ -133,6 +133,52 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def current_umask() -> int:
+    """The process's file-mode creation mask, read without changing it (Linux: ``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (a brief window, but no other way)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask_from_env(environ: dict[str, str] | None = None) -> int | None:
+    """Set the process umask from ``$TAPCORE_UMASK`` (octal, e.g. ``0002``); returns it, or None when unset.
+
+    Called by the entry points (``tapcore`` CLI, ``app.py``), never at import. On a shared box a lab
+    sets ``TAPCORE_UMASK=0002`` (the container image does) so that everything written to the workspace
+    is readable and writable by the lab's group; workers and job processes inherit the mask.
+    """
+    value = (os.environ if environ is None else environ).get("TAPCORE_UMASK", "").strip()
+    if not value:
+        return None
+    try:
+        mask = int(value, 8)
+    except ValueError:
+        mask = -1
+    if not 0 <= mask <= 0o777:
+        raise ValueError(f"TAPCORE_UMASK={value!r} is not an octal umask between 000 and 777 (e.g. 0002)")
+    os.umask(mask)
+    return mask
+
+
+def chmod_as_created(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would have given it under the current umask.
+
+    ``tempfile.mkstemp``/``mkdtemp`` create private files (0600) and folders (0700) whatever the umask,
+    so a file written atomically through them would stay unreadable to the lab's group. Special bits
+    are kept: a folder's setgid bit (files inside it get the folder's group) survives.
+    """
+    st_mode = os.stat(path).st_mode
+    base = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, (st_mode & 0o7000) | (base & ~current_umask()))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and ``os.replace`` it onto ``path``.
@@ -145,6 +191,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        chmod_as_created(tmp)  # mkstemp's 0600 -> what open() would give (0644, 0664 under umask 0002)
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())

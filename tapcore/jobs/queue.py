@@ -197,6 +197,10 @@ class JobQueue:
         Switching a fresh database to WAL can fail at once with "database is locked" (SQLite's busy
         handler does not cover it) when two processes open a new workspace together: retry it.
         """
+        try:  # create it ourselves: SQLite makes new databases 0644 whatever the umask (0664 under 0002)
+            os.close(os.open(self.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            pass  # an empty file is a valid new database; its -wal/-shm files get its mode
         deadline = time.monotonic() + BUSY_TIMEOUT_S
         while True:
             try:

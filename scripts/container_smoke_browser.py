@@ -1,0 +1,174 @@
+"""In-page part of scripts/container_smoke.sh: drive the app served by the container in headless Chromium.
+
+    python scripts/container_smoke_browser.py --url http://127.0.0.1:18501 --phase first
+    python scripts/container_smoke_browser.py --url http://127.0.0.1:18501 --phase after-restart --job ID
+
+``first``: the demo Predict page (the app's home page) renders its heatmap viewer; a quick pretraining
+job submitted on the Pretrain page finishes there, and its features are kept as model ``smoke-tap``.
+``after-restart``: the Jobs page still shows that job finished, and the Predict page still renders.
+Prints one ``PASS  <check>: <detail>`` or ``FAIL  <check>: <detail>`` line per check, a last line
+``RESULT {json}`` for the shell script, and exits 1 when a check failed. Screenshots go to --shots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+CHROMIUM = "/usr/bin/chromium"
+MODEL_NAME = "smoke-tap"
+
+
+def settle(page, timeout: float = 120.0, quiet: float = 1.5) -> None:
+    """Wait until the app is idle: no skeleton, no 'running' icon for ``quiet`` seconds in a row."""
+    busy_js = ("() => !!(document.querySelector('[data-testid=\"stAppSkeleton\"]') || "
+               "document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]') || "
+               "!document.querySelector('[data-testid=\"stApp\"]'))")
+    deadline = time.time() + timeout
+    page.wait_for_timeout(500)
+    idle_since = None
+    while time.time() < deadline:
+        if page.evaluate(busy_js):
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.time()
+        elif time.time() - idle_since >= quiet:
+            return
+        page.wait_for_timeout(200)
+    raise TimeoutError(f"the app stayed busy for {timeout} s")
+
+
+def wait_text(page, text: str, timeout_s: float) -> None:
+    page.get_by_text(text, exact=False).first.wait_for(timeout=timeout_s * 1000)
+
+
+class Checks:
+    def __init__(self, shots: Path):
+        self.shots = shots
+        self.failed = False
+        self.result: dict = {}
+
+    def run(self, name: str, page, fn) -> bool:
+        t0 = time.time()
+        try:
+            detail = fn()
+        except Exception as exc:  # noqa: BLE001 (report any failure as a FAIL line)
+            self.failed = True
+            self.shot(page, f"FAIL-{name.split()[0].lower()}")
+            print(f"FAIL  {name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+            return False
+        print(f"PASS  {name}: {detail} ({time.time() - t0:.0f} s)", flush=True)
+        return True
+
+    def shot(self, page, name: str) -> None:
+        try:
+            self.shots.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def predict_page(page, url: str, checks: Checks, tag: str):
+    def fn():
+        page.goto(f"{url}/")  # the app opens on Predict; the demo movie and shipped model on a fresh workspace
+        page.get_by_role("heading", name="Predict", exact=True).first.wait_for(timeout=120_000)
+        wait_text(page, "Heatmap viewer", 600)  # first visit: the prediction is computed in the page
+        settle(page, timeout=300)
+        body = page.inner_text("body")
+        if "You are looking at the demo" not in body:
+            raise AssertionError("the Predict page does not show the demo movie with the shipped model")
+        if "Traceback" in body or page.get_by_test_id("stException").count():
+            raise AssertionError("the page shows an exception")
+        n_events = page.get_by_test_id("stMetric").filter(has_text="Events at this threshold") \
+            .get_by_test_id("stMetricValue").inner_text()
+        checks.shot(page, f"predict-{tag}")
+        return f"heatmap viewer of the demo movie + shipped model, {n_events} events at the default threshold"
+    return fn
+
+
+def pretrain_in_page(page, url: str, checks: Checks):
+    def fn():
+        page.goto(f"{url}/pretrain")
+        # on a loaded machine the page can take minutes to draw its form (skeletons first): wait for the
+        # widgets themselves, not only for an idle moment
+        settings = page.get_by_label("Settings", exact=True).first
+        settings.wait_for(timeout=300_000)
+        settle(page, timeout=300)
+        settings.click(timeout=120_000)
+        page.get_by_role("option", name="Quick test (a minute on a laptop)").click(timeout=120_000)
+        settle(page, timeout=300)  # the form times a few training steps for its estimate
+        start = page.get_by_role("button", name="Start pretraining")
+        start.wait_for(timeout=300_000)
+        settle(page, timeout=300)
+        start.click(timeout=120_000)
+        wait_text(page, "queued. Progress appears below", 120)
+        query = {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
+        job = query["pre_job"]
+        checks.result["job"] = job
+        t0 = time.time()
+        wait_text(page, "Keep these features as", 1200)  # shown once the job is done
+        settle(page)
+        took = time.time() - t0
+        box = page.get_by_label("Keep these features as", exact=True).first
+        box.fill(MODEL_NAME)
+        box.press("Enter")
+        settle(page)
+        page.get_by_role("button", name="Keep model").click(timeout=120_000)
+        wait_text(page, f"Saved as saved:{MODEL_NAME}", 120)
+        settle(page)
+        checks.result["model"] = MODEL_NAME
+        checks.shot(page, "pretrain")
+        return f"job {job} done {took:.0f} s after it was queued in the page; kept as saved:{MODEL_NAME}"
+    return fn
+
+
+def job_page(page, url: str, job: str):
+    def fn():
+        page.goto(f"{url}/jobs?job={job}")
+        settle(page)
+        wait_text(page, "One job", 120)
+        page.get_by_test_id("stProgress").filter(has_text="Finished").first.wait_for(timeout=120_000)
+        return f"the Jobs page shows job {job} finished"
+    return fn
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--phase", choices=("first", "after-restart"), required=True)
+    ap.add_argument("--job", help="(after-restart) the job id finished in the first phase")
+    ap.add_argument("--shots", default="test-artifacts/container-smoke", help="screenshot folder")
+    args = ap.parse_args()
+
+    from playwright.sync_api import sync_playwright
+
+    checks = Checks(Path(args.shots))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu",
+                                          "--disable-background-networking"])
+        page = browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
+        try:
+            if args.phase == "first":
+                checks.run("demo Predict page renders in headless Chromium", page,
+                           predict_page(page, args.url, checks, "first"))
+                checks.run("pretraining job submitted in the page finishes", page,
+                           pretrain_in_page(page, args.url, checks))
+            else:
+                checks.run("after restart: the finished job is on the Jobs page", page,
+                           job_page(page, args.url, args.job))
+                checks.run("after restart: the demo Predict page renders", page,
+                           predict_page(page, args.url, checks, "after-restart"))
+        finally:
+            browser.close()
+    print("RESULT " + json.dumps(checks.result), flush=True)
+    return 1 if checks.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
