@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tapcore import calibration as C
-    from tapcore.calibration import calibrate_bundle
+    from tapcore.events.calibrate import calibrate_bundle
     from tapcore.config import config_from_dict, config_to_dict
     from tapcore.events.dataset import CropPairConfig, CropSet, build_crop_pairs
     from tapcore.events.train import HeadConfig, train_head

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from tapcore.calibration import calibrate_bundle
+    from tapcore.events.calibrate import calibrate_bundle
     from tapcore.config import config_from_dict
     from tapcore.events.train import HeadConfig, train_head
     from tapcore.synthetic import SynthConfig, make_synthetic

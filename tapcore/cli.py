@@ -14,6 +14,7 @@ import sys
 
 import tapcore
 import tapcore.commands
+from tapcore.runtime import configure_process
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,7 @@ def _resolve_shipped(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_process()  # before any command imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")

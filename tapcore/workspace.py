@@ -494,9 +494,6 @@ class Workspace:
             created=meta.get("created", ""), has_masks=bool(meta.get("has_masks")), meta=meta,
         )
 
-    def has_dataset(self, dataset_id: str) -> bool:
-        return (self.datasets_dir / dataset_id / "meta.json").is_file()
-
     def list_datasets(self) -> list[DatasetInfo]:
         """All datasets, newest first."""
         out = []

@@ -24,15 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread_per_job")
 APP = str(ROOT / "app.py")
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "workspace"
-    monkeypatch.setenv("TAPCORE_HOME", str(path))
-    # the app would start a background worker; tests run jobs with their own in-process worker
-    monkeypatch.setattr("tapcore.jobs.worker.ensure_worker", lambda *a, **k: None)
-    return path
-
-
 def _app(page: str) -> AppTest:
     """The app opened straight on ``page`` (its url_path is its file name, so this works before a run)."""
     at = AppTest.from_file(APP, default_timeout=120)
@@ -174,7 +165,7 @@ def test_event_head_job_then_evaluate_page(home):
 @pytest.fixture(scope="module")
 def trained_home(tmp_path_factory) -> Path:
     """A workspace with the small demo, a tiny TAP bundle and a calibrated A0 head trained on it."""
-    from tapcore.calibration import calibrate_bundle
+    from tapcore.events.calibrate import calibrate_bundle
     from tapcore.config import config_from_dict
     from tapcore.events.train import HeadConfig, train_head
 

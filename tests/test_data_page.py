@@ -20,14 +20,6 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 SAVE = "FormSubmitter:upload_form-Check and save"
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "workspace"
-    monkeypatch.setenv("TAPCORE_HOME", str(path))
-    monkeypatch.setattr("tapcore.jobs.worker.ensure_worker", lambda *a, **k: None)
-    return path
-
-
 def _page() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
     at.switch_page("pages/data.py").run()

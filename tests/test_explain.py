@@ -14,10 +14,11 @@ import torch
 
 from tapcore.bundle import save_bundle
 from tapcore.config import config_to_dict
+from tapcore.events.dense import dense_event_logits
 from tapcore.events.heads import build_head
 from tapcore.events.model import EventModel
-from tapcore.explain import (REGION_COLUMNS, ExplainConfig, box_scores, dense_event_logits, explain_frame,
-                             gradcam_event, gradcam_tap, top_regions, write_explanation)
+from tapcore.explain import (REGION_COLUMNS, ExplainConfig, box_scores, explain_frame, gradcam_event, gradcam_tap,
+                             top_regions, write_explanation)
 from tapcore.predict import DensePredictor, PredictConfig
 from tapcore.tap.model import TapConfig, TapModel
 
