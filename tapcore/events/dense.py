@@ -409,14 +409,13 @@ def correlate(ext: torch.Tensor, weight: torch.Tensor, method: str = "fft", tile
             fh, fw = fast_len(sh), fast_len(sw)
             ef = torch.fft.rfft2(ext[..., y0:y0 + sh, x0:x0 + sw], s=(fh, fw))  # (B, D, fh, fw//2+1)
             kf = kernel_fft(fh, fw) if kernel_fft else torch.conj(torch.fft.rfft2(weight, s=(fh, fw)))  # (O, D, ...)
-            # sum over D of ef * kf, one channel at a time: ~2.5x faster than einsum on CPU (cache-sized ops)
-            prod = ef[:, 0:1] * kf[None, :, 0]  # (B, O, fh, fw//2+1)
-            for d in range(1, ef.shape[1]):
-                term = ef[:, d:d + 1] * kf[None, :, d]
-                if prod.requires_grad:  # Grad-CAM: keep the graph
-                    prod = prod + term
-                else:
-                    prod += term
+            if torch.is_grad_enabled() and (ef.requires_grad or kf.requires_grad):
+                prod = torch.einsum("bdhw,odhw->bohw", ef, kf)  # Grad-CAM: one differentiable op
+            else:
+                # sum over D of ef * kf, one channel at a time: ~2.5x faster than einsum on CPU (cache-sized ops)
+                prod = ef[:, 0:1] * kf[None, :, 0]  # (B, O, fh, fw//2+1)
+                for d in range(1, ef.shape[1]):
+                    prod += ef[:, d:d + 1] * kf[None, :, d]
             r = torch.fft.irfft2(prod, s=(fh, fw))  # (B, O, fh, fw)
             out[..., y0:y0 + th, x0:x0 + tw] = r[..., :th, :tw]
     return out
