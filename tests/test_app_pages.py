@@ -120,6 +120,7 @@ def _tiny_tap(home: Path) -> str:
     return "saved:tinytap"
 
 
+@pytest.mark.slow  # trains an event head in a job
 def test_event_head_job_then_evaluate_page(home):
     from tapcore.jobs.worker import Worker
 
@@ -216,6 +217,7 @@ def test_predict_page_viewer_threshold_and_downloads(trained_home, monkeypatch):
     assert len(list((trained_home / "predictions").iterdir())) == 1
 
 
+@pytest.mark.slow  # pretrains TAP in a job
 def test_pretrain_page_submits_a_job_that_finishes_with_curves(home):
     from tapcore.jobs.worker import Worker
 
@@ -276,6 +278,7 @@ def test_explain_page_gradcam_gallery(trained_home, monkeypatch):
     assert not at.exception and not at.error and len(at.dataframe[0].value) == 3
 
 
+@pytest.mark.slow  # predicts the whole demo movie
 def test_app_opens_on_predictions_of_the_shipped_demo_model(home):
     if not (ROOT / "models" / "demo" / "config.json").is_file():
         pytest.skip("models/demo is missing (make it with scripts/make_demo_model.py)")

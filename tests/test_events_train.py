@@ -68,6 +68,7 @@ def _cfg(strategy, epochs, **kw):
                       dataset=ds, **kw)
 
 
+@pytest.mark.slow  # long training / many runs: CI only
 def test_a1_head_learns_synthetic_events_and_bundle_roundtrips(tmp_path, tap_bundle, data):
     movie, masks = data
     torch.manual_seed(0)
@@ -138,6 +139,7 @@ def test_strategy_a_needs_tap_bundle(tmp_path, data):
         train_head(movie, masks[:-1], None, _cfg("B0", 1), tmp_path / "x")
 
 
+@pytest.mark.slow  # long training / many runs: CI only
 def test_compare_writes_mean_std_tables(tmp_path, tap_bundle, data):
     movie, masks = data
     cfg = CompareConfig(strategies=("A0", "B0"), criteria=("size_either", "any_either"), repeats=2,

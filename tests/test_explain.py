@@ -158,6 +158,7 @@ def test_top_regions_on_random_cam_never_overlap():
         top_regions(cam, size=200)
 
 
+@pytest.mark.slow  # seven Grad-CAM calls under tracemalloc
 def test_repeated_calls_do_not_grow_memory():
     model = _event()
     frames = _frames(32, 40, 4)

@@ -38,6 +38,7 @@ def movie() -> np.ndarray:
     return make_synthetic(SynthConfig(seed=1, frames=8, **FAST)).movie
 
 
+@pytest.mark.slow  # trains TAP until it beats chance
 def test_short_cpu_pretraining_beats_chance_on_a_synthetic_movie(tmp_path):
     """48 steps of 16 pairs (32 px, all augmentations) on one synthetic movie, validated on another.
 
