@@ -735,8 +735,8 @@ class Suite:
     def _head(self, strategy, movie, masks, movie_norm, pairs, tap_dir, test_frames, budget, emit) -> dict:
         from tapcore import calibration as C
         from tapcore.events.calibrate import calibrate_bundle
-        from tapcore.events.dense import FeatureConfig
-        from tapcore.events.train import STRATEGIES, HeadConfig, train_head
+        from tapcore.events.dense import FeatureCache, FeatureConfig
+        from tapcore.events.train import STRATEGIES, HeadConfig, HeadInputs, train_head
         from tapcore.utils import sha256_array
 
         s = self.sizes
@@ -746,8 +746,10 @@ class Suite:
                           epoch_val_pairs=s.epoch_val_pairs, dataset=pairs.config,
                           features=FeatureConfig(max_ram_mb=s.feature_ram_mb))
         head_dir = self.work / "real" / "heads" / strategy
+        if getattr(self, "_features", None) is None:
+            self._features = FeatureCache()  # the TAP features serve every frozen strategy of this stage
         res = train_head(movie, masks, tap_dir, hcfg, head_dir, progress=lambda rec: budget.check(f"real {strategy}"),
-                         pairs=pairs, movie_norm=movie_norm)
+                         inputs=HeadInputs(pairs=pairs, movie_norm=movie_norm, feature_cache=self._features))
         train_wall = time.perf_counter() - t0
         cm = np.asarray(res.confusion)
         p1, r1 = float(res.precision[1]), float(res.recall[1])

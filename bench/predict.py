@@ -91,7 +91,7 @@ def run(name: str, movie: np.ndarray, model, cfg: PredictConfig, full_frames: in
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_traced_mb": round(traced_peak / 2**20, 1),
         "device": device, "threads": torch.get_num_threads(), "amp": cfg.amp, "batch": pred.record["config"]["batch"],
-        "tile": cfg.tile, "method": pred.record["method"], "head": getattr(model.head, "name", None),
+        "tile": cfg.tile, "method": pred.record["method"], "head": getattr(model.model.head, "name", None),
         "loadavg_1min": round(os.getloadavg()[0], 2),
         # CPU seconds per frame do not depend on other processes' load: on an otherwise idle machine
         # with perfect thread scaling one frame takes about cpu_s_per_frame / threads seconds

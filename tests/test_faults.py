@@ -465,6 +465,7 @@ def test_job_process_reports_success_without_its_output_files(tmp_path, monkeypa
                          "again")
 
 
+@pytest.mark.slow  # a worker subprocess runs a training job across a restart
 def test_app_restarted_while_a_job_runs(tmp_path, monkeypatch):
     home = tmp_path / "ws"
     job_id = _pretrain_job(home, epochs=30)
