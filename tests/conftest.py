@@ -39,10 +39,11 @@ SLOW_FILES = {
 
 
 def pytest_collection_modifyitems(config, items):
-    """``slow`` on the tests of :data:`SLOW_FILES` and on browser / Slurm tests; ``gpu`` tests skip without CUDA."""
+    """``slow`` on the tests of :data:`SLOW_FILES` and on browser / Slurm / real-data tests; ``gpu`` tests skip
+    without CUDA."""
     has_cuda = None
     for item in items:
-        if item.path.name in SLOW_FILES or item.get_closest_marker("browser") or item.get_closest_marker("slurm"):
+        if item.path.name in SLOW_FILES or any(item.get_closest_marker(m) for m in ("browser", "slurm", "shared_data")):
             item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("gpu"):
             if has_cuda is None:

@@ -44,6 +44,7 @@ def _tiff(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow  # builds the demo movie
 def test_data_page_demo_preview_and_mask_overlay(home):
     at = _app("pages/data.py")
     assert "No datasets yet" in _texts(at)
@@ -88,6 +89,7 @@ def test_data_page_good_upload_and_mismatched_masks(home):
     np.testing.assert_array_equal(Workspace(home).load_movie(info.id), movie)
 
 
+@pytest.mark.slow  # runs a job
 def test_jobs_page_lists_and_cancels(home):
     Workspace(home).create_demo()
     q = JobQueue(home)
@@ -181,6 +183,7 @@ def trained_home(tmp_path_factory) -> Path:
     return home
 
 
+@pytest.mark.slow  # predicts a movie in the page
 def test_predict_page_viewer_threshold_and_downloads(trained_home, monkeypatch):
     import pandas as pd
 
@@ -259,6 +262,7 @@ def test_pretrain_page_submits_a_job_that_finishes_with_curves(home):
         assert any(verdict.title in v for v in shown)
 
 
+@pytest.mark.slow  # Grad-CAM gallery of a trained model
 def test_explain_page_gradcam_gallery(trained_home, monkeypatch):
     monkeypatch.setenv("TAPCORE_HOME", str(trained_home))
     monkeypatch.setattr("tapcore.jobs.worker.ensure_worker", lambda *a, **k: None)

@@ -50,6 +50,7 @@ def test_wrong_file_type_says_why_next_to_the_uploader(home):
     assert list((home / "datasets").iterdir()) == []
 
 
+@pytest.mark.slow  # a large multi-channel upload
 def test_multichannel_upload_pick_a_channel_with_preview_then_the_preview_shows_it(home):
     data = np.stack([_movie(1), _movie(2), _movie(3)], axis=1)  # TCYX
     at = _page()

@@ -114,6 +114,7 @@ def test_a1_head_learns_synthetic_events_and_bundle_roundtrips(tmp_path, tap_bun
     assert np.allclose(logits, res.test_logits, atol=1e-4)
 
 
+@pytest.mark.slow  # trains strategy C end to end
 def test_end_to_end_strategy_trains_backbone(tmp_path, tap_bundle, data):
     movie, masks = data
     res = train_head(movie, masks, tap_bundle, _cfg("C0", 1, feature_margin=4), tmp_path / "c0")
@@ -173,6 +174,7 @@ def test_a_single_run_shows_no_spread():
     assert "±" not in md and "One run per row (no std)" in md
 
 
+@pytest.mark.slow  # trains a head twice
 def test_hard_negative_mining_swaps_in_the_negatives_the_head_scored_highest(tmp_path, tap_bundle, data):
     movie, masks = data
     records = []

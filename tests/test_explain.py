@@ -178,6 +178,7 @@ def test_repeated_calls_do_not_grow_memory():
     assert grown < 2_000_000, f"memory grew by {grown} bytes over 5 Grad-CAM calls"
 
 
+@pytest.mark.slow  # Grad-CAM of TAP and event bundles, with all files written
 def test_explain_frame_on_bundles_and_written_files(tmp_path):
     rng = np.random.default_rng(5)
     movie = (rng.random((3, 72, 90)) * 4000).astype(np.uint16)

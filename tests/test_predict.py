@@ -208,6 +208,7 @@ def test_bad_inputs_raise_value_error():
         PredictConfig(amp="fp8").validate()
 
 
+@pytest.mark.slow  # three CLI workflows end to end
 def test_cli_calibrate_predict_explain(tmp_path, capsys):
     from tapcore.bundle import save_bundle
     from tapcore.cli import main
