@@ -6,8 +6,11 @@ Start it with ``streamlit run app.py``. All state lives in the workspace folder
 app starts when none is running (or run ``tapcore worker`` yourself, one per GPU).
 """
 
-import tapcore  # noqa: F401  (first: sets torch's CPU allocation options before torch loads)
-import streamlit as st
+from tapcore.runtime import configure_process
+
+configure_process()  # first: torch's CPU allocation options, before anything loads torch
+
+import streamlit as st  # noqa: E402
 
 from tapcore.utils import apply_umask_from_env
 

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 
-import tapcore  # noqa: E402,F401  (before torch: tapcore's thread / huge-page settings)
+from tapcore.runtime import configure_process  # noqa: E402
+
+configure_process()  # before torch: huge-page CPU allocations (tapcore.runtime)
 
 
 def _data(args: argparse.Namespace):

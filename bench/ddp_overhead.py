@@ -39,7 +39,9 @@ def _config(args: argparse.Namespace) -> dict:
 
 def worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
-    import tapcore  # noqa: F401  (before torch: allocation options)
+    from tapcore.runtime import configure_process
+
+    configure_process()  # before torch: huge-page CPU allocations (tapcore.runtime)
     import numpy as np
     import torch
 

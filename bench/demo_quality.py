@@ -35,7 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import tapcore  # noqa: E402,F401  (before torch: tapcore sets the allocator / THP options)
+from tapcore.runtime import configure_process  # noqa: E402
+
+configure_process()  # before torch: huge-page CPU allocations (tapcore.runtime)
 
 
 def _round(x, nd=4):

@@ -41,7 +41,6 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     from tapcore.config import config_from_dict
     from tapcore.events.compare import CompareConfig, compare
     from tapcore.events.dataset import CropPairConfig
-    from tapcore.events.features import clear_feature_cache
     from tapcore.events.train import HeadConfig
     from tapcore.io import read_input
     from tapcore.tap.train import PretrainConfig, pretrain
@@ -77,7 +76,6 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     t1 = time.time()
     res = compare(movie, masks, tap_dir, cfg, out / "compare",
                   progress=lambda r: print(json.dumps({"dataset": name, **r}), file=sys.stderr, flush=True))
-    clear_feature_cache()
     table = res.table
     ours = {row["group"]: {k: row[k] for k in ("prec 0", "rec 0", "prec 1", "rec 1")} for _, row in table.iterrows()}
     verdict = None
@@ -117,9 +115,9 @@ def speed(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from tapcore.events.features import FrameFeatures
+    from tapcore.events.dense import CropSource, FrameFeatures
     from tapcore.events.heads import build_head
-    from tapcore.events.train import _Source, train_one_epoch
+    from tapcore.events.train import train_one_epoch
 
     rng = np.random.default_rng(0)
     t_len, size, crop = 24, 256, 48
@@ -131,7 +129,7 @@ def speed(args: argparse.Namespace) -> dict:
     head = build_head("resnet", 32, 2, crop)
     head.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(head.parameters(), lr=1e-3)
-    source = _Source(feats, np.zeros((1, 1, 1), np.float32), crop, head.margin, 0)
+    source = CropSource(feats, np.zeros((1, 1, 1), np.float32), crop, head.margin, 0)
     train_one_epoch(head, source, coords[:batch], labels[:batch], opt, batch, rng, "cpu")  # warm-up
     t, c = time.time(), time.process_time()
     train_one_epoch(head, source, coords, labels, opt, batch, rng, "cpu")

@@ -69,7 +69,10 @@ from typing import Any, Callable, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import tapcore  # noqa: E402,F401  (before torch: it sets torch's CPU allocation options)
+from tapcore.runtime import configure_process  # noqa: E402
+
+configure_process()  # before torch: huge-page CPU allocations (tapcore.runtime)
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -438,7 +441,7 @@ class Suite:
 
     # -- 1. smoke ----------------------------------------------------------------------------------
     def stage_smoke(self, budget: Budget) -> None:
-        from tapcore.calibration import calibrate_bundle
+        from tapcore.events.calibrate import calibrate_bundle
         from tapcore.config import config_from_dict
         from tapcore.events.dataset import CropPairConfig
         from tapcore.events.train import HeadConfig, train_head
@@ -731,9 +734,9 @@ class Suite:
 
     def _head(self, strategy, movie, masks, movie_norm, pairs, tap_dir, test_frames, budget, emit) -> dict:
         from tapcore import calibration as C
-        from tapcore.calibration import calibrate_bundle
-        from tapcore.events.features import FeatureConfig
-        from tapcore.events.train import STRATEGIES, HeadConfig, train_head
+        from tapcore.events.calibrate import calibrate_bundle
+        from tapcore.events.dense import FeatureCache, FeatureConfig
+        from tapcore.events.train import STRATEGIES, HeadConfig, HeadInputs, train_head
         from tapcore.utils import sha256_array
 
         s = self.sizes
@@ -743,8 +746,10 @@ class Suite:
                           epoch_val_pairs=s.epoch_val_pairs, dataset=pairs.config,
                           features=FeatureConfig(max_ram_mb=s.feature_ram_mb))
         head_dir = self.work / "real" / "heads" / strategy
+        if getattr(self, "_features", None) is None:
+            self._features = FeatureCache()  # the TAP features serve every frozen strategy of this stage
         res = train_head(movie, masks, tap_dir, hcfg, head_dir, progress=lambda rec: budget.check(f"real {strategy}"),
-                         pairs=pairs, movie_norm=movie_norm)
+                         inputs=HeadInputs(pairs=pairs, movie_norm=movie_norm, feature_cache=self._features))
         train_wall = time.perf_counter() - t0
         cm = np.asarray(res.confusion)
         p1, r1 = float(res.precision[1]), float(res.recall[1])
@@ -857,9 +862,9 @@ class Suite:
 
         s = self.sizes
         if self.a1_dir is not None:
-            from tapcore.events.model import load_event_model
+            from tapcore.detector import EventDetector
 
-            model, model_name = load_event_model(self.a1_dir, device="cpu"), "hela-nuclei A1 (this run)"
+            model, model_name = EventDetector.load(self.a1_dir, device="cpu"), "hela-nuclei A1 (this run)"
         else:
             model, model_name = predict_bench.random_model("resnet"), "paper architecture, random weights"
         cfg = PredictConfig(device=self.device, amp="bf16" if self.cuda else "none")

@@ -163,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tapcore import calibration as C
-    from tapcore.calibration import calibrate_bundle
+    from tapcore.events.calibrate import calibrate_bundle
     from tapcore.config import config_from_dict, config_to_dict
     from tapcore.events.dataset import CropPairConfig, CropSet, build_crop_pairs
-    from tapcore.events.train import HeadConfig, train_head
+    from tapcore.events.train import HeadConfig, HeadInputs, train_head
     from tapcore.io import read_input
     from tapcore.predict import PredictConfig, predict_movie, write_prediction
     from tapcore.tap.train import PretrainConfig, pretrain
@@ -279,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "positives": int((getattr(pairs, name).labels != 0).sum())}
         subsampled["train"] = {"pairs": int(len(pairs.train)), "positives": int((pairs.train.labels != 0).sum())}
         _emit({"stage": "head_pairs", "pairs": subsampled, "table1": pairs.summary()["value"].astype(str).to_dict()})
-        hres = train_head(movie[hd[0]:hd[1]], masks[hd[0]:hd[1]], tap_dir, hcfg, head_dir, pairs=pairs,
-                          progress=_log_progress)
+        hres = train_head(movie[hd[0]:hd[1]], masks[hd[0]:hd[1]], tap_dir, hcfg, head_dir, progress=_log_progress,
+                          inputs=HeadInputs(pairs=pairs))
         head_metrics, head_train_s = hres.metrics, hres.train_time_s
     timings["head_s"] = time.time() - t0
     test_m = head_metrics.get("test") or {}

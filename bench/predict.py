@@ -37,9 +37,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import tapcore  # noqa: E402,F401  (before torch: it sets torch's CPU allocation options)
+from tapcore.runtime import configure_process  # noqa: E402
+
+configure_process()  # before torch: huge-page CPU allocations (tapcore.runtime)
+
 import torch  # noqa: E402
 
+from tapcore.detector import EventDetector  # noqa: E402
 from tapcore.events.heads import HEADS, build_head  # noqa: E402
 from tapcore.events.model import EventModel  # noqa: E402
 from tapcore.predict import AMP_MODES, PredictConfig, predict_movie  # noqa: E402
@@ -47,13 +51,13 @@ from tapcore.tap.model import TapConfig, TapModel  # noqa: E402
 from tapcore.utils import environment_info, resolve_device  # noqa: E402
 
 
-def random_model(head: str, crop: int = 48) -> EventModel:
+def random_model(head: str, crop: int = 48) -> EventDetector:
     torch.manual_seed(0)
     tap = TapModel(TapConfig())
     model = EventModel(tap.backbone, build_head(head, in_channels=tap.cfg.features, n_classes=2, crop=crop))
-    model.config = {"class_names": ["none", "event"], "normalize": {"pmin": 1.0, "pmax": 99.8},
-                    "bundle_id": f"random-{head}"}
-    return model.eval()
+    return EventDetector(model.eval(), config={"class_names": ["none", "event"],
+                                               "normalize": {"pmin": 1.0, "pmax": 99.8}},
+                         manifest={"bundle_id": f"random-{head}"})
 
 
 def synthetic_movie(frames: int, size: int) -> np.ndarray:
@@ -87,7 +91,7 @@ def run(name: str, movie: np.ndarray, model, cfg: PredictConfig, full_frames: in
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_traced_mb": round(traced_peak / 2**20, 1),
         "device": device, "threads": torch.get_num_threads(), "amp": cfg.amp, "batch": pred.record["config"]["batch"],
-        "tile": cfg.tile, "method": pred.record["method"], "head": getattr(model.head, "name", None),
+        "tile": cfg.tile, "method": pred.record["method"], "head": getattr(model.model.head, "name", None),
         "loadavg_1min": round(os.getloadavg()[0], 2),
         # CPU seconds per frame do not depend on other processes' load: on an otherwise idle machine
         # with perfect thread scaling one frame takes about cpu_s_per_frame / threads seconds
@@ -120,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = args.model if args.model else random_model(args.head)
-    if args.model:
-        from tapcore.events.model import load_event_model
-
-        model = load_event_model(args.model, device="cpu")
+    model = EventDetector.load(args.model, device="cpu") if args.model else random_model(args.head)
     cfg = PredictConfig(device=args.device, amp=args.amp, batch=args.batch, tile=args.tile)
     print(json.dumps({"bench": "predict", "environment": environment_info(resolve_device(args.device))}), flush=True)
     if args.synthetic_frames:

@@ -31,7 +31,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import tapcore  # noqa: E402,F401  (before torch: it sets torch's CPU allocation options)
+from tapcore.runtime import configure_process  # noqa: E402
+
+configure_process()  # before torch: huge-page CPU allocations (tapcore.runtime)
+
 import torch  # noqa: E402
 
 from tapcore.tap.data import AugmentConfig, PairSampler  # noqa: E402

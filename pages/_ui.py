@@ -7,7 +7,6 @@ depend on as arguments (dataset id + its sha256, model path + its mtime) and ret
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -345,6 +344,18 @@ def submit_job(kind: str, params: dict[str, Any], url_key: str) -> str:
     job_id = job_queue().submit({"kind": kind, "params": params}, owner=owner())
     st.query_params[url_key] = job_id
     ensure_worker()
+    return job_id
+
+
+def start_job(kind: str, params: dict[str, Any], url_key: str,
+              queued: str = "Progress appears below; you can close this tab and come back.") -> str | None:
+    """:func:`submit_job` with the outcome shown: the job id and ``queued``, or why it cannot start (None)."""
+    try:
+        job_id = submit_job(kind, params, url_key=url_key)
+    except ValueError as exc:
+        st.error(f"Cannot start: {exc}")
+        return None
+    st.success(f"Job {job_id} queued. {queued}")
     return job_id
 
 

@@ -2,7 +2,6 @@
 calibration, and strategy comparisons."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -1,10 +1,9 @@
 """Event head: train a small classifier on TAP features that spots divisions (and deaths)."""
 
-import pandas as pd
 import streamlit as st
 
 from pages._ui import (finished_banner, page_setup, dataset_picker, live_job, load_masks, model_picker, per_class_table,
-                       submit_job, workspace)
+                       start_job, workspace)
 from tapcore.estimate import estimate_head, worker_device
 from tapcore.workspace import home
 
@@ -153,13 +152,8 @@ if dataset is not None and tap_ref is not None:
         config = {"strategy": strategy, "epochs": int(epochs), "seed": int(seed),
                   "dataset": {"crop": int(crop), "pairs_per_frame": int(pairs), "criterion": criterion,
                               "min_area": int(min_area), "task": task, "seed": int(seed)}}
-        try:
-            job_id = submit_job("train_head", {"dataset": dataset.id, "tap_model": tap_ref, "config": config,
-                                               "calibrate": bool(calibrate)}, url_key="head_job")
-        except ValueError as exc:
-            st.error(f"Cannot start: {exc}")
-        else:
-            st.success(f"Job {job_id} queued. Progress appears below; you can close this tab and come back.")
+        start_job("train_head", {"dataset": dataset.id, "tap_model": tap_ref, "config": config,
+                                 "calibrate": bool(calibrate)}, url_key="head_job")
 
 st.header("Training progress")
 job = live_job("head_job", ("train_head",))
@@ -206,8 +200,4 @@ with st.expander("Compare strategies (paper Table 2)"):
                                  "head": {"epochs": int(cmp_epochs), "dataset": {"pairs_per_frame": int(cmp_pairs)}}}}
             if tap_ref:
                 params["tap_model"] = tap_ref
-            try:
-                job_id = submit_job("compare", params, url_key="compare_job")
-                st.success(f"Comparison job {job_id} queued; its table appears on the **Evaluate** page.")
-            except ValueError as exc:
-                st.error(f"Cannot start: {exc}")
+            start_job("compare", params, url_key="compare_job", queued="Its table appears on the **Evaluate** page.")

@@ -1,8 +1,6 @@
 """Predict: find events in a whole movie; heatmap viewer, event table, downloads."""
 
-import io
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,9 @@ import streamlit as st
 
 from pages._ui import (page_setup, EVENT_COLORS, dataset_picker, display_stride, frame_figure, job_queue, live_job, load_movie,
                        model_picker, record_download, show_verdict, submit_job, workspace)
+from tapcore.bundle import bundle_zip
+from tapcore.predict import PredictConfig, prediction_key, read_prediction, run_record, stored_prediction
+from tapcore.utils import read_json
 from tapcore.verdicts import Verdict, bundle_verdicts, prediction_shift_verdict, worst
 from tapcore.workspace import DEMO_DATASET_ID
 
@@ -21,6 +22,8 @@ page_setup()
 DIRECT_LIMIT_PX = 8_000_000
 # Events are listed down to this probability; the threshold slider filters from there.
 LIST_FLOOR = 0.05
+# Prediction in the app: events listed down to LIST_FLOOR, on the CPU (the GPU belongs to the worker).
+DIRECT_CONFIG = PredictConfig(threshold=LIST_FLOOR, device="cpu")
 # Marker colours per event class (events.csv "class"): division orange, death red, generic event cyan.
 CLASS_COLORS = {"division": EVENT_COLORS[1], "death": EVENT_COLORS[2], "event": "#00e5ff"}
 
@@ -51,27 +54,9 @@ model_path = ws.resolve_model(model_ref)
 n_px = int(np.prod(dataset.shape))
 
 
-def prediction_key(model_path: Path) -> str:
-    """Identity of a prediction: movie content, model weights, calibration and listing floor."""
-    import hashlib
-
-    h = hashlib.sha256(dataset.sha256.encode())
-    for name in ("weights.pt", "calibration.json", "config.json"):
-        f = model_path / name
-        h.update(f.read_bytes() if f.is_file() else b"-")
-    h.update(str(LIST_FLOOR).encode())
-    return h.hexdigest()[:24]
-
-
-def predict_direct(out: Path) -> None:
+def predict_direct(store: Path) -> Path:
     """Predict here (small movies) with a progress bar; the result is kept on disk under
     ``$TAPCORE_HOME/predictions/<key>/`` for every user and every later visit."""
-    import shutil
-    import tempfile
-
-    from tapcore.predict import PredictConfig, predict_movie, write_prediction
-    from tapcore.utils import chmod_as_created
-
     bar = st.progress(0.0, text="Finding events in the movie (once; the result is kept)...")
 
     def progress(rec: dict) -> None:
@@ -80,37 +65,25 @@ def predict_direct(out: Path) -> None:
             bar.progress(frac, text=f"Finding events: frame {rec.get('step', 0)} of {rec['steps']} "
                                     "(once; the result is kept)")
 
-    movie = ws.load_movie(dataset.id)
-    pred = predict_movie(movie, model_path, PredictConfig(threshold=LIST_FLOOR, device="cpu"), progress=progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    chmod_as_created(tmp)  # mkdtemp's 0700 would hide the prediction from the lab's group
-    write_prediction(pred, tmp)
-    if out.exists():  # another session finished the same prediction first
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.rename(out)
+    out = stored_prediction(store, ws.load_movie(dataset.id), dataset.sha256, model_path, DIRECT_CONFIG, progress)
     bar.empty()
+    return out
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def load_prediction(out_dir: str, stamp: float):  # noqa: ARG001 (stamp: cache key)
     """Maps, events, per-frame table and record of a written prediction (read once, shared)."""
-    import tifffile
-
-    out = Path(out_dir)
-    record = json.loads((out / "prediction.json").read_text()) if (out / "prediction.json").is_file() else {}
-    return (np.asarray(tifffile.imread(out / "heatmaps.tif")), pd.read_csv(out / "events.csv"),
-            pd.read_csv(out / "per_frame.csv"), record)
+    pred = read_prediction(out_dir)
+    return pred.prob_maps, pred.events, pred.per_frame, pred.record
 
 
 result = None
 mtime = (model_path / "weights.pt").stat().st_mtime if (model_path / "weights.pt").exists() else 0.0
 if n_px <= DIRECT_LIMIT_PX:
-    out_dir = ws.prediction_dir(dataset.id, prediction_key(model_path))
+    out_dir = ws.prediction_dir(dataset.id, prediction_key(dataset.sha256, model_path, DIRECT_CONFIG))
     if not (out_dir / "events.csv").is_file():
         try:
-            predict_direct(out_dir)
+            out_dir = predict_direct(ws.root / "predictions")
         except ValueError as exc:
             st.error(f"Cannot predict: {exc}")
             st.stop()
@@ -141,7 +114,7 @@ model_verdict = worst(bundle_verdicts(model_path))
 if pred_record.get("verdicts"):
     shift_verdict = worst(Verdict.from_dict(v) for v in pred_record["verdicts"])
 else:  # a prediction written before movies were compared with the training movie
-    manifest = json.loads((model_path / "manifest.json").read_text()) if (model_path / "manifest.json").is_file() else {}
+    manifest = read_json(model_path / "manifest.json") if (model_path / "manifest.json").is_file() else {}
     shift_verdict = prediction_shift_verdict(manifest, movie)
 show_verdict(model_verdict)
 show_verdict(shift_verdict)
@@ -324,40 +297,23 @@ d2.download_button("Per-frame summary (CSV)", per_frame.to_csv(index=False).enco
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
-def bundle_zip(model_path: str, model_mtime: float) -> bytes:  # noqa: ARG001
-    buf = io.BytesIO()
-    root = Path(model_path)
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in sorted(root.rglob("*")):
-            if f.is_file() and "checkpoint" not in f.parts:
-                z.write(f, f.relative_to(root))
-    return buf.getvalue()
+def model_zip(model_path: str, model_mtime: float) -> bytes:  # noqa: ARG001 (mtime: cache key)
+    return bundle_zip(model_path)
 
 
 d3.download_button("Heatmaps (TIFF)", (pred_dir / "heatmaps.tif").read_bytes(),
                    file_name=f"{dataset.id}_heatmaps.tif", mime="image/tiff", key="dl_heatmaps",
                     on_click=record_download, args=("dataset", dataset.id, f"heatmaps TIFF; model {model_ref}"),
                    help="One 32-bit float page per frame pair t → t+1: the calibrated event probability at each pixel.")
-d4.download_button("Model (zip)", bundle_zip(str(model_path), mtime), file_name=f"{model_path.name}_model.zip",
+d4.download_button("Model (zip)", model_zip(str(model_path), mtime), file_name=f"{model_path.name}_model.zip",
                    mime="application/zip", key="dl_model",
                     on_click=record_download, args=("model", model_ref, f"zip; viewed with dataset {dataset.id}"))
 
 
-def run_record() -> dict:
-    read = lambda name: json.loads((model_path / name).read_text()) if (model_path / name).is_file() else None  # noqa: E731
-    from tapcore.utils import environment_info
-
-    return {
-        "dataset": dataset.meta,
-        "model": {"ref": model_ref, "config": read("config.json"), "manifest": read("manifest.json"),
-                  "calibration": read("calibration.json"), "test_metrics": (read("metrics.json") or {}).get("test")},
-        "prediction": {"threshold": threshold, "events": int(len(kept)), "source": source_note,
-                       "record": pred_record},
-        "environment": environment_info("cpu"),
-    }
-
-
-d5.download_button("Run record (JSON)", json.dumps(run_record(), indent=2, default=str).encode(),
+record = run_record(model_path, dataset=dataset.meta, model_ref=model_ref,
+                    prediction={"threshold": threshold, "events": int(len(kept)), "source": source_note,
+                                "record": pred_record})
+d5.download_button("Run record (JSON)", json.dumps(record, indent=2, default=str).encode(),
                    file_name=f"{dataset.id}_run_record.json", mime="application/json", key="dl_record",
                     on_click=record_download, args=("dataset", dataset.id, f"run record; model {model_ref}"),
                    help="Model config, seed, data hash, versions, device and metrics: what is needed to reproduce this.")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages._ui import finished_banner, page_setup, dataset_picker, live_job, submit_job, workspace
+from pages._ui import finished_banner, page_setup, dataset_picker, live_job, start_job, workspace
 from tapcore.config import config_to_dict
 from tapcore.estimate import estimate_pretrain, worker_device
 from tapcore.presets import PRESET_HELP, apply_preset as preset_config, default_preset
@@ -125,13 +125,7 @@ if dataset is not None:
         b1.form_submit_button("Update estimate", help="Re-estimate the duration after changing values above.")
         go = b2.form_submit_button("Start pretraining", type="primary")
     if go:
-        config = _config()
-        try:
-            job_id = submit_job("pretrain", {"dataset": dataset.id, "config": config}, url_key="pre_job")
-        except ValueError as exc:
-            st.error(f"Cannot start: {exc}")
-        else:
-            st.success(f"Job {job_id} queued. Progress appears below; you can close this tab and come back.")
+        start_job("pretrain", {"dataset": dataset.id, "config": _config()}, url_key="pre_job")
 
 st.header("Training progress")
 job = live_job("pre_job", ("pretrain",))

@@ -33,6 +33,8 @@ from typing import Any, Mapping, Union
 import numpy as np
 import torch
 
+from tapcore.io import check_movie
+
 __all__ = ["BINS", "check_bin", "bin_movie", "bin_masks", "unbin_map", "unbin_coords", "binned_shape",
            "model_bin"]
 
@@ -77,8 +79,7 @@ def bin_movie(movie: np.ndarray, b: int) -> np.ndarray:
     movie = np.asarray(movie)
     if b == 1:
         return movie
-    if movie.ndim != 3:
-        raise ValueError(f"the movie must be (T, Y, X) to bin it; got shape {movie.shape}")
+    check_movie(movie)
     t, y, x = movie.shape
     ny, nx = binned_shape(movie.shape, b)[1:]
     out = np.empty((t, ny, nx), np.float32)

@@ -8,8 +8,9 @@ Layout of a bundle folder::
     manifest.json      provenance: data sha256, seed, versions, device, created, weights_sha256, bundle_id
     calibration.json   optional, written later by :func:`write_calibration`
 
-No pickled modules: a bundle is rebuilt from ``config.json`` by the code that owns its kind
-(:func:`load_tap_model` for TAP, ``tapcore.events.model.load_event_model`` for event heads).
+No pickled modules: a bundle is rebuilt from ``config.json`` by the facade of its kind
+(``tapcore.detector.TapFeatures.load`` for TAP, ``tapcore.detector.EventDetector.load`` for event
+heads), which also keeps the bundle's metadata.
 
 Writes are atomic. :func:`save_bundle` writes a complete bundle into a temporary sibling folder and
 then swaps it into place with renames; files that are not part of a bundle (a training run's
@@ -22,17 +23,18 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import math
 import os
 import shutil
 import tempfile
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from tapcore.calibration import calibration_from_dict
 from tapcore.utils import atomic_write_json, chmod_as_created, read_json
 
 logger = logging.getLogger(__name__)
@@ -43,10 +45,10 @@ __all__ = [
     "Bundle",
     "save_bundle",
     "load_bundle",
-    "load_tap_model",
     "write_calibration",
     "validate_calibration",
     "is_bundle",
+    "bundle_zip",
 ]
 
 KINDS = ("tap", "event_head")
@@ -248,49 +250,10 @@ def load_bundle(path: str | os.PathLike, kind: Optional[str] = None) -> Bundle:
                   calibration=calibration)
 
 
-def load_tap_model(path: str | os.PathLike, device: str = "cpu"):
-    """Load a ``tap`` bundle as a :class:`tapcore.tap.model.TapModel` in eval mode on ``device``.
-
-    The model carries ``.cfg`` (its TapConfig), ``.bundle_id`` and ``.manifest``.
-    """
-    from tapcore.config import config_from_dict
-    from tapcore.tap.model import TapConfig, TapModel
-
-    bundle = load_bundle(path, kind="tap")
-    if "model" not in bundle.config:
-        raise ValueError(f"{path}: config.json lacks the 'model' section (TapConfig); re-create the bundle")
-    model = TapModel(config_from_dict(TapConfig, bundle.config["model"]))
-    missing, unexpected = model.load_state_dict(bundle.state_dict, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the TAP config (missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}); the bundle is corrupt or from another version")
-    model.bundle_id = bundle.id
-    model.manifest = bundle.manifest
-    return model.to(device).eval()
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
-
-
 def validate_calibration(calib: Any, source: str = "calibration") -> dict[str, Any]:
-    """Check a calibration dict; return it (as a plain dict) or raise ValueError.
-
-    Required: ``temperature`` (finite, > 0). Optional: ``bias`` (a finite number or a list of finite
-    numbers, one per class, or null). Every other key must be JSON-able (ECE, reliability data...).
-    """
-    if not isinstance(calib, dict):
-        raise ValueError(f"{source} must be a JSON object with a 'temperature', got {type(calib).__name__}")
-    if "temperature" not in calib:
-        raise ValueError(f"{source} has no 'temperature'; fit it with tapcore calibrate")
-    t = calib["temperature"]
-    if not _finite(t) or float(t) <= 0:
-        raise ValueError(f"{source}: temperature must be a finite number > 0, got {t!r}; re-run tapcore calibrate")
-    bias = calib.get("bias")
-    if bias is not None:
-        values = bias if isinstance(bias, list) else [bias]
-        if not values or not all(_finite(v) for v in values):
-            raise ValueError(f"{source}: bias must be a finite number or a list of finite numbers, got {bias!r}")
+    """Check a calibration dict with :func:`tapcore.calibration.calibration_from_dict` (the one
+    validator of ``calibration.json``); return it as a plain dict or raise ValueError."""
+    calibration_from_dict(calib, source)
     return dict(calib)
 
 
@@ -301,3 +264,16 @@ def write_calibration(path: str | os.PathLike, calib: dict[str, Any]) -> Path:
         raise ValueError(f"{p} is not a model bundle (no config.json / weights.pt); calibrate a trained model folder")
     calib = validate_calibration(calib)
     return atomic_write_json(p / CALIBRATION, calib)
+
+
+def bundle_zip(path: str | os.PathLike) -> bytes:
+    """A bundle folder as zip bytes (every file below it except a training run's ``checkpoint/``)."""
+    root = Path(path)
+    if not is_bundle(root):
+        raise ValueError(f"{root} is not a model bundle (no config.json / weights.pt)")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(root.rglob("*")):
+            if f.is_file() and "checkpoint" not in f.relative_to(root).parts:
+                z.write(f, f.relative_to(root))
+    return buf.getvalue()

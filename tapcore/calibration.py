@@ -24,8 +24,9 @@ Ours:
   bins are ``(lo, hi]`` with the first bin also holding confidence 0; ECE = sum over bins of
   ``count / N * |accuracy - confidence|``.
 
-The result of :func:`calibrate_bundle` is ``calibration.json`` in the head bundle (written by
-``tapcore.bundle.write_calibration``), validated on load (:func:`calibration_from_dict`) and applied
+This module is the arithmetic on logits. Calibrating a head bundle (validation logits, the bias
+choice, writing ``calibration.json``) lives with the event models: ``tapcore.events.calibrate``.
+``calibration.json`` is validated by :func:`calibration_from_dict` (on load and on write) and applied
 automatically by ``tapcore.predict`` (:meth:`Calibration.apply`).
 """
 
@@ -33,18 +34,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-
-from tapcore.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +83,6 @@ class Calibration:
                                             not all(math.isfinite(float(v)) for v in self.class_bias)):
             raise ValueError(f"per-class calibration bias must hold one finite number per class, got "
                              f"{self.class_bias!r}; re-run tapcore calibrate")
-
-    @property
-    def is_identity(self) -> bool:
-        return self.temperature == 1.0 and self.bias == 0.0 and not any(self.class_bias or ())
 
     def apply(self, logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """Calibrated logits: ``logits (..., K, ...) / T`` plus ``bias`` on classes ``1..K-1`` along ``dim``."""
@@ -304,222 +296,32 @@ def calibration_report(logits: Any, labels: Any, calib: Calibration, n_bins: int
     return report
 
 
-def calibration_from_dict(data: Optional[dict[str, Any]]) -> Calibration:
-    """Validate a ``calibration.json`` dict and return its :class:`Calibration` (identity for None)."""
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def calibration_from_dict(data: Optional[dict[str, Any]], source: str = "calibration.json") -> Calibration:
+    """THE validator of ``calibration.json``: check the dict and return its :class:`Calibration`
+    (identity for None). ``bundle.load_bundle`` and ``bundle.write_calibration`` use it too.
+
+    Required: ``temperature`` (a finite number > 0). Optional: ``bias`` (a finite number, a list of
+    finite numbers, one per class, or null). Other keys (ECE, reliability data...) are free.
+    """
     if data is None:
         return Calibration()
     if not isinstance(data, dict):
-        raise ValueError(f"calibration must be a JSON object, got {type(data).__name__}; re-run tapcore calibrate")
+        raise ValueError(f"{source} must be a JSON object with a 'temperature', got {type(data).__name__}; "
+                         "re-run tapcore calibrate")
     if "temperature" not in data:
-        raise ValueError("calibration.json has no 'temperature'; re-run tapcore calibrate")
-    try:
-        t = float(data["temperature"])
-        raw = data.get("bias")
-        if isinstance(raw, (list, tuple)):
-            return Calibration(t, 0.0, tuple(float(v) for v in raw))
-        b = float(raw or 0.0)
-    except (TypeError, ValueError):
-        raise ValueError(f"calibration.json has a non-numeric temperature/bias ({data.get('temperature')!r}, "
-                         f"{data.get('bias')!r}); re-run tapcore calibrate") from None
-    return Calibration(t, b)
-
-
-# -- bundles -------------------------------------------------------------------------------------
-@dataclass
-class CalibrationResult:
-    """What :func:`calibrate_bundle` returns (also written to ``calibration.json``)."""
-
-    calibration: Calibration
-    report: dict[str, Any]  # the calibration.json content
-    path: Path  # the bundle folder
-
-
-def _saved_validation(bundle_dir: Path) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    lf, yf = bundle_dir / "val_logits.npy", bundle_dir / "val_labels.npy"
-    if not (lf.is_file() and yf.is_file()):
-        return None
-    logits = np.load(lf, allow_pickle=False)
-    labels = np.load(yf, allow_pickle=False)
-    return logits, labels
-
-
-@torch.no_grad()
-def validation_logits(bundle_dir: str | os.PathLike, movie: np.ndarray, masks: np.ndarray, device: str = "cpu",
-                      batch: int = 256, progress: Optional[ProgressFn] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Recompute a head's validation logits on ``movie``/``masks`` with the bundle's own dataset config.
-
-    The crop pairs are rebuilt with the bundle's ``CropPairConfig`` (same seed, hence the same split
-    on the training movie). Frozen-backbone heads see feature windows cut from whole-frame features
-    (as in training), end-to-end heads see image windows with their ``feature_margin`` of context.
-
-    Returns:
-        ``(logits (N_val, K) float32, labels (N_val,) int64)``.
-    """
-    from tapcore.binning import bin_masks, bin_movie, model_bin
-    from tapcore.config import config_from_dict
-    from tapcore.events.dataset import CropPairConfig, build_crop_pairs, extract_crops
-    from tapcore.events.features import FeatureConfig, compute_frame_features
-    from tapcore.events.model import load_event_model
-    from tapcore.io import check_masks, normalize_movie
-
-    model = load_event_model(bundle_dir, device=device)
-    config = model.config
-    movie = np.asarray(movie)
-    if movie.ndim != 3:
-        raise ValueError(f"the movie must be (T, Y, X); got shape {movie.shape}")
-    masks = check_masks(masks, movie)
-    b = model_bin(config)  # a binned model: crops are cut from the movie and masks binned the same way
-    movie, masks = bin_movie(movie, b), bin_masks(masks, b)
-    ds_cfg = config_from_dict(CropPairConfig, config.get("dataset") or {})
-    pairs = build_crop_pairs(masks, ds_cfg, movie.shape)
-    coords, labels = pairs.val.coords, pairs.val.labels
-    if labels.max(initial=0) >= model.head.n_classes:
-        raise ValueError(f"the masks give classes up to {int(labels.max())} but the head has "
-                         f"{model.head.n_classes}; calibrate on data of the head's task")
-    norm = config.get("normalize") or {}
-    movie_norm = normalize_movie(movie, float(norm.get("pmin", 1.0)), float(norm.get("pmax", 99.8)))
-    crop, margin = model.head.crop, model.head.margin
-    out = []
-    if config.get("frozen_backbone", True):
-        head_cfg = config.get("head_config") or {}
-        fcfg = config_from_dict(FeatureConfig, head_cfg.get("features") or {})
-        feats = compute_frame_features(model.backbone, movie_norm, fcfg, device, progress=progress)
-        for i in range(0, len(coords), batch):
-            z = feats.windows(coords[i:i + batch], crop, margin).to(device)  # (B, 2, C, w, w)
-            out.append(model.head(z).float().cpu())
-        feats.close()
-    else:
-        for i in range(0, len(coords), batch):
-            x = torch.from_numpy(extract_crops(movie_norm, coords[i:i + batch], crop,
-                                               margin + model.feature_margin)).to(device)  # (B, 2, 1, w, w)
-            out.append(model(x).float().cpu())
-    logits = torch.cat(out).numpy() if out else np.zeros((0, model.head.n_classes), np.float32)
-    return logits.astype(np.float32), labels.astype(np.int64)
-
-
-#: ``"auto"`` fits the event bias when some validation class frequency is this far from 1 / K
-PRIOR_SHIFT_TOLERANCE = 0.1
-
-
-def bias_choice(bias: bool | str) -> str:
-    """``bias`` as one of "auto", "on", "off" (True -> "on", False -> "off"); anything else is refused."""
-    if not isinstance(bias, str):
-        return "on" if bias else "off"
-    choice = bias.strip().lower()
-    if choice not in ("auto", "on", "off"):
-        raise ValueError(f"bias must be 'auto', 'on' or 'off' (or True/False), got {bias!r}")
-    return choice
-
-
-def resolve_bias(bias: bool | str, bundle_config: dict[str, Any], labels: Any) -> tuple[bool, str]:
-    """Whether to fit the event bias, and why (``bias``: True/False, "on"/"off" or "auto").
-
-    ``"auto"``: yes when the head's training set was subsampled to balanced classes
-    (``head_config.dataset.balance_train`` in the bundle's config) and some class of the validation
-    labels is more than :data:`PRIOR_SHIFT_TOLERANCE` away from ``1 / K``: the head then believes in
-    equal class priors that the movie does not have, which a temperature cannot correct.
-    """
-    choice = bias_choice(bias)
-    if choice != "auto":
-        return choice == "on", f"bias {choice} (asked for)"
-    labels = np.asarray(labels, dtype=np.int64)
-    dataset = ((bundle_config.get("head_config") or {}).get("dataset") or {})
-    if not dataset.get("balance_train", False):
-        return False, "auto: no bias (the head was not trained on a class-balanced set)"
-    k = max(int(bundle_config.get("n_classes") or 0), int(labels.max()) + 1 if labels.size else 2, 2)
-    freq = np.bincount(labels, minlength=k) / max(len(labels), 1)
-    shift = float(np.abs(freq - 1.0 / k).max())
-    rates = ", ".join(f"{f:.3f}" for f in freq)
-    if shift > PRIOR_SHIFT_TOLERANCE:
-        return True, (f"auto: bias fitted (trained on balanced classes, validation class frequencies {rates}: "
-                      "the head's prior must be corrected)")
-    return False, f"auto: no bias (validation class frequencies {rates} are close to balanced)"
-
-
-def calibrate_bundle(bundle_dir: str | os.PathLike, movie: Optional[np.ndarray] = None,
-                     masks: Optional[np.ndarray] = None, *, bias: bool | str = "auto", n_bins: int = DEFAULT_BINS,
-                     max_iter: int = 100, device: str = "cpu", progress: Optional[ProgressFn] = None,
-                     write: bool = True) -> CalibrationResult:
-    """Fit temperature scaling for an event-head bundle and write its ``calibration.json``.
-
-    Validation logits come from the bundle's saved ``val_logits.npy`` / ``val_labels.npy`` (written
-    by ``tapcore.events.train``) when no movie is given or the given movie is the one the head was
-    trained on (same sha256 as in the manifest); otherwise they are recomputed on ``movie`` and
-    ``masks`` (:func:`validation_logits`).
-
-    Args:
-        bundle_dir: an ``event_head`` bundle folder.
-        movie, masks: optional raw movie ``(T, Y, X)`` and event masks to calibrate on.
-        bias: also fit the event-class bias (rare events): ``True``/``"on"``, ``False``/``"off"``, or
-            ``"auto"`` (default): fit it when the head was trained on a class-balanced set (the paper's
-            subsampling) and the validation classes are not balanced, i.e. when the head's implied
-            class prior differs from the movie's. Temperature alone cannot move that prior: on hela01
-            (2.6 % event crops) it raised the top-label ECE from 0.12 to 0.33, while temperature + bias
-            lowered it to 0.004 (validation) / 0.019 (test crops).
-        n_bins: ECE / reliability bins (paper: 15).
-        max_iter: LBFGS iterations.
-        device: where logits are recomputed, if they must be.
-        progress: callback; receives a ``{"stage": "calibrate", "kind": "done", ...}`` record.
-        write: write ``calibration.json`` (False: only return the result).
-
-    Returns:
-        :class:`CalibrationResult`.
-    """
-    from tapcore.bundle import load_bundle
-    from tapcore.utils import environment_info, sha256_array
-
-    t0 = time.time()
-    bundle_dir = Path(bundle_dir)
-    bundle = load_bundle(bundle_dir)
-    if bundle.kind != "event_head":
-        raise ValueError(f"{bundle_dir} is a {bundle.kind!r} bundle; calibration applies to event heads "
-                         "(made by tapcore train-head)")
-    saved = _saved_validation(bundle_dir)
-    source = "val_logits.npy"
-    data_sha = (bundle.manifest or {}).get("movie_sha256")
-    if movie is not None:
-        if masks is None:
-            raise ValueError("calibrating on a movie needs its event masks too")
-        movie_sha = sha256_array(np.asarray(movie))
-        if saved is None or movie_sha != data_sha:
-            saved = None
-            data_sha = movie_sha
-    if saved is None:
-        if movie is None or masks is None:
-            raise ValueError(f"{bundle_dir} has no saved validation logits (val_logits.npy, val_labels.npy); "
-                             "pass the movie and its event masks to recompute them")
-        logits, labels = validation_logits(bundle_dir, movie, masks, device=device, progress=progress)
-        source = "recomputed"
-    else:
-        logits, labels = saved
-    fit_bias, bias_reason = resolve_bias(bias, bundle.config or {}, labels)
-    calib = fit_temperature(logits, labels, bias=fit_bias, max_iter=max_iter)
-    report = calibration_report(logits, labels, calib, n_bins)
-    content: dict[str, Any] = {
-        "method": "temperature" + ("+bias" if fit_bias else ""),
-        **calib.to_dict(),
-        "bias_fitted": bool(fit_bias),
-        "bias_choice": bias_choice(bias),
-        "bias_reason": bias_reason,
-        "n_samples": int(len(labels)),
-        "n_positive": int((np.asarray(labels) != 0).sum()),
-        "n_bins": int(n_bins),
-        **report,
-        "source": source,
-        "data_sha256": data_sha,
-        "max_iter": int(max_iter),
-        "environment": environment_info(device),
-    }
-    if write:
-        from tapcore.bundle import write_calibration
-
-        write_calibration(bundle_dir, content)
-    logger.info("calibrated %s: T=%.4f b=%.4f, NLL %.4f -> %.4f, ECE(top) %.4f -> %.4f", bundle_dir,
-                calib.temperature, calib.bias, report["nll_before"], report["nll_after"],
-                report["ece_before"]["top"], report["ece_after"]["top"])
-    if progress is not None:
-        progress({"stage": "calibrate", "kind": "done", "temperature": calib.temperature, "bias": calib.bias,
-                  "nll_before": report["nll_before"], "nll_after": report["nll_after"],
-                  "ece_before": report["ece_before"]["top"], "ece_after": report["ece_after"]["top"],
-                  "elapsed_s": time.time() - t0})
-    return CalibrationResult(calib, content, bundle_dir)
+        raise ValueError(f"{source} has no 'temperature'; fit it with tapcore calibrate")
+    t = data["temperature"]
+    if not _number(t) or float(t) <= 0:
+        raise ValueError(f"{source}: temperature must be a finite number > 0, got {t!r}; re-run tapcore calibrate")
+    raw = data.get("bias")
+    values = raw if isinstance(raw, (list, tuple)) else [0.0 if raw is None else raw]
+    if not values or not all(_number(v) for v in values):
+        raise ValueError(f"{source}: calibration bias must be a finite number or a list of finite numbers, got "
+                         f"{raw!r}; re-run tapcore calibrate")
+    if isinstance(raw, (list, tuple)):
+        return Calibration(float(t), 0.0, tuple(float(v) for v in raw))
+    return Calibration(float(t), float(values[0]))

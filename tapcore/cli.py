@@ -15,6 +15,7 @@ import sys
 import tapcore
 import tapcore.commands
 from tapcore.access import AccessDenied
+from tapcore.runtime import configure_process
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +43,8 @@ def _resolve_shipped(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_process()  # before any command imports torch
+
     from tapcore.utils import apply_umask_from_env
 
     try:

@@ -8,7 +8,11 @@ saved bundle all carry the same config, validated at the boundary.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import functools
+import inspect
+import re
 import typing
 from typing import Any, TypeVar
 
@@ -60,3 +64,92 @@ def config_from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
                 value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+# -- CLI options from the dataclasses (one source for defaults and help) --------------------------
+_FIELD_LINE = re.compile(r"^\s+(\w+)\s*:[^=#]*(?:=[^#]*)?#\s*(.+?)\s*$")
+
+
+@functools.lru_cache(maxsize=None)
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's help by field name: its comment in the dataclass source (``name: type = default  # help``),
+    else its entry under ``Attributes:`` in the class docstring (``name: text``, ``pmin, pmax: text``).
+
+    A field without a comment of its own shares the one of the field just above it (``y`` / ``x``, ``pmin`` / ``pmax``).
+    """
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    found: dict[str, str] = _docstring_help(cls.__doc__ or "", names)
+    last: str | None = None  # the help of the field on the line just above
+    last_name: str | None = None  # the field whose comment a comment-only line continues
+    for line in lines:
+        m = _FIELD_LINE.match(line)
+        bare = re.match(r"^\s+(\w+)\s*:", line)
+        more = re.match(r"^\s+#\s*(.+?)\s*$", line)
+        if m and m.group(1) in names:
+            found[m.group(1)] = last = m.group(2)
+            last_name = m.group(1)
+        elif bare and bare.group(1) in names:
+            if last is not None:
+                found[bare.group(1)] = last
+            last_name = None
+        elif more and last_name is not None:
+            found[last_name] += " " + more.group(1)
+        else:
+            last = last_name = None
+    return found
+
+
+def _docstring_help(doc: str, names: set[str]) -> dict[str, str]:
+    """``Attributes:`` / ``Args:`` entries of a Google-style docstring (continuation lines joined)."""
+    found: dict[str, str] = {}
+    current: list[str] = []
+    for line in inspect.cleandoc(doc).splitlines():
+        m = re.match(r"^    ([\w, ]+):\s*(.*)$", line)
+        if m and all(n.strip() in names for n in m.group(1).split(",")):
+            current = [n.strip() for n in m.group(1).split(",")]
+            for n in current:
+                found[n] = m.group(2)
+        elif current and line.startswith("        "):
+            for n in current:
+                found[n] += " " + line.strip()
+        else:
+            current = []
+    return found
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls: type, names: typing.Iterable[str],
+                       **overrides: dict[str, Any]) -> None:
+    """Add ``--name`` options for fields of dataclass ``cls``: type, default and help come from the field
+    (its default and its comment), with ``(default: ...)`` appended. ``overrides[name]`` updates the
+    ``add_argument`` keywords of one option (e.g. ``choices``, ``required``, a ``flag``)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    helps = field_help(cls)
+    for name in names:
+        if name not in fields:
+            raise ValueError(f"{cls.__name__} has no option {name!r}; valid options: {', '.join(sorted(fields))}")
+        f = fields[name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        hint = hints.get(name)
+        args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is typing.Union \
+            else [hint]
+        kind = args[0] if args and args[0] in (int, float, str) else None
+        text = helps.get(name, name.replace("_", " "))
+        kw: dict[str, Any] = {"default": default, "help": f"{text} (default: {default})".replace("%", "%%"),
+                              "dest": name}
+        if kind is not None:
+            kw["type"] = kind
+        kw.update(overrides.get(name, {}))
+        flag = kw.pop("flag", "--" + name.replace("_", "-"))
+        parser.add_argument(flag, **kw)
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """Build ``cls`` from the parsed options of :func:`add_config_options` (fields not on the command line
+    keep their defaults)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return config_from_dict(cls, {k: v for k, v in vars(args).items() if k in names})

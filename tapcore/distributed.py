@@ -266,7 +266,7 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     return box[0]
 
 
-def ddp_wrap(module: nn.Module, device: str, info: DistInfo) -> nn.Module:
+def ddp_wrap(module: nn.Module, device: str) -> nn.Module:
     """``DistributedDataParallel`` around ``module`` (its buffers stay equal on all ranks by GlobalBatchNorm2d)."""
     from torch.nn.parallel import DistributedDataParallel
 

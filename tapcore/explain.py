@@ -48,6 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tapcore.binning import bin_movie, model_bin, unbin_map
+from tapcore.detector import EventDetector, TapFeatures, load_model
+from tapcore.events.dense import dense_event_logits
+from tapcore.io import check_movie, normalization, normalize_movie, write_tiff
+from tapcore.utils import (atomic_write_bytes, atomic_write_json, atomic_write_text, environment_info, resolve_device,
+                           sha256_array)
+
 logger = logging.getLogger(__name__)
 
 EVENT_TARGETS = ("sum", "location")
@@ -77,37 +84,6 @@ def _event_evidence(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Log-odds of any event: ``logsumexp(logits[1:]) - logits[0]`` along ``dim``."""
     rest = logits.narrow(dim, 1, logits.shape[dim] - 1)
     return torch.logsumexp(rest, dim=dim) - logits.select(dim, 0)
-
-
-def dense_event_logits(head: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """Differentiable dense logits of an event head over whole frames.
-
-    Args:
-        head: an event head (``encode``, ``margin``, ``combine``, ``kernels()``, ``fc``).
-        z: ``(B, 2, C, Y, X)`` features of frames t and t+1.
-
-    Returns:
-        ``(B, K, Y, X)``: at ``(y, x)`` the head's logits on the crop pair centred there, the
-        features zero-padded outside the frame (same values as ``tapcore.predict``).
-    """
-    b, t, c, height, width = z.shape
-    crop, m = int(head.crop), int(head.margin)
-    lo, hi = crop // 2, crop - 1 - crop // 2
-    zp = F.pad(z.reshape(b * t, c, height, width), (lo + m, hi + m, lo + m, hi + m))
-    e = head.encode(zp)  # (B*2, D, Y + crop - 1 + 2m, ...)
-    if m:
-        e = e[..., m:-m, m:-m]  # (B*2, D, Y + crop - 1, X + crop - 1)
-    kern = head.kernels()  # (K, P, D, crop, crop)
-    k = kern.shape[0]
-    eh, ew = e.shape[-2:]
-    ef = torch.fft.rfft2(e, s=(eh, ew)).reshape(b, t, e.shape[1], eh, ew // 2 + 1)  # (B, 2, D, eh, ew/2+1)
-    kf = torch.conj(torch.fft.rfft2(kern, s=(eh, ew)))  # (K, P, D, eh, ew/2+1)
-    if head.combine == "mean":
-        prod = torch.einsum("btdhw,kdhw->bkhw", ef, kf[:, 0]) * 0.5
-    else:
-        prod = torch.einsum("btdhw,ktdhw->bkhw", ef, kf)
-    out = torch.fft.irfft2(prod, s=(eh, ew))[..., :height, :width]  # (B, K, Y, X)
-    return out + head.fc.bias.view(1, k, 1, 1)
 
 
 class _EventEvidence(nn.Module):
@@ -298,7 +274,7 @@ class ExplainConfig:
     target: str = "sum"  # event heads: "sum" (whole-frame event evidence) | "location"
     y: Optional[int] = None  # target="location": centre of the crop pair to explain
     x: Optional[int] = None
-    device: str = "auto"
+    device: str = "auto"  # "auto" | "cpu" | "cuda[:N]"
     pmin: Optional[float] = None  # normalisation percentiles; None = the bundle's
     pmax: Optional[float] = None
 
@@ -322,61 +298,51 @@ class Explanation:
     record: dict[str, Any]
 
 
-def explain_frame(movie: np.ndarray, model: Union[str, os.PathLike], cfg: Optional[ExplainConfig] = None) -> Explanation:
-    """Grad-CAM of a TAP or event-head bundle on the frame pair ``(cfg.frame, cfg.frame + 1)`` of a movie.
+def explain_frame(movie: np.ndarray, model: Union[str, os.PathLike, TapFeatures, EventDetector],
+                  cfg: Optional[ExplainConfig] = None) -> Explanation:
+    """Grad-CAM of a TAP or event-head model on the frame pair ``(cfg.frame, cfg.frame + 1)`` of a movie.
 
     Args:
         movie: raw movie ``(T, Y, X)``.
-        model: a bundle folder (``kind`` ``tap`` or ``event_head``).
+        model: a bundle folder (``kind`` ``tap`` or ``event_head``) or its facade
+            (:class:`~tapcore.detector.TapFeatures`, :class:`~tapcore.detector.EventDetector`).
         cfg: :class:`ExplainConfig`.
 
     Returns:
         :class:`Explanation` with the map, the top-k regions (with crops) and a run record.
     """
-    from tapcore.binning import bin_movie, model_bin, unbin_map
-    from tapcore.bundle import load_bundle, load_tap_model
-    from tapcore.io import normalize_movie
-    from tapcore.utils import environment_info, resolve_device, sha256_array
-
     cfg = dataclasses.replace(cfg or ExplainConfig()).validate()
-    movie = np.asarray(movie)
-    if movie.ndim != 3:
-        raise ValueError(f"the movie must be (T, Y, X); got shape {movie.shape}")
+    movie = check_movie(movie, 2, purpose="Grad-CAM of a frame pair")
     t = int(cfg.frame)
     if not 0 <= t < movie.shape[0] - 1:
         raise ValueError(f"frame {t} has no next frame in a movie of {movie.shape[0]} frames; "
                          f"choose a frame between 0 and {movie.shape[0] - 2}")
     device = resolve_device(cfg.device)
     t0 = time.time()
-    bundle = load_bundle(model)
-    norm = bundle.config.get("normalize") or {}
-    pmin = float(cfg.pmin if cfg.pmin is not None else norm.get("pmin", 1.0))
-    pmax = float(cfg.pmax if cfg.pmax is not None else norm.get("pmax", 99.8))
+    facade = model if isinstance(model, (TapFeatures, EventDetector)) else load_model(model, device=device)
+    is_tap = isinstance(facade, TapFeatures)
+    pmin, pmax = normalization(facade.config, cfg.pmin, cfg.pmax)
     frames = normalize_movie(movie[t:t + 2], pmin, pmax)  # (2, Y, X), original pixels (display, crops)
     # a binned model (bundle "bin" = b) sees the pair binned; its map is repeated back to (Y, X), a
     # location is given in original pixels, and a region of ``size`` model pixels spans size * b pixels
-    b = model_bin(bundle.config)
+    b = model_bin(facade.config)
     seen = frames if b == 1 else normalize_movie(bin_movie(movie[t:t + 2], b), pmin, pmax)  # (2, Y/b, X/b)
-    if bundle.kind == "tap":
-        net = load_tap_model(model, device=device)
-        cam = gradcam_tap(net, seen, device)
+    if is_tap:
+        cam = gradcam_tap(facade.model, seen, device)
         target = "time_arrow"
     else:
-        from tapcore.events.model import load_event_model
-
-        net = load_event_model(model, device=device)
         loc = (int(cfg.y) // b, int(cfg.x) // b) if cfg.target == "location" else None
-        cam = gradcam_event(net, seen, cfg.target, loc, device)
+        cam = gradcam_event(facade.model, seen, cfg.target, loc, device)
         target = cfg.target
     cam = np.ascontiguousarray(unbin_map(cam, b, frames.shape[1:]), dtype=np.float32)  # (Y, X)
     size = min(int(cfg.size) * b, *frames.shape[1:])
     regions = attach_crops(top_regions(cam, cfg.k, size), frames, 0)
     record = {
-        "model_id": bundle.id,
-        "model_path": str(model),
-        "model_kind": bundle.kind,
+        "model_id": facade.id,
+        "model_path": str(facade.path) if facade.path is not None else None,
+        "model_kind": "tap" if is_tap else "event_head",
         "target": target,
-        "location": [cfg.y, cfg.x] if cfg.target == "location" and bundle.kind != "tap" else None,
+        "location": [cfg.y, cfg.x] if cfg.target == "location" and not is_tap else None,
         "frame": t,
         "next_frame": t + 1,
         "config": dataclasses.asdict(cfg),
@@ -395,9 +361,6 @@ def write_explanation(exp: Explanation, out_dir: str | os.PathLike) -> dict[str,
     """Write ``cam.tif`` (float32 (Y, X)), ``cam.png`` (the map over frame t), ``regions.csv``,
     ``regions.npz`` (crops ``crops_t``/``crops_t1`` (k, size, size) and the table), ``regions.png``
     (each region's crops at t and t+1) and ``explain.json``."""
-    from tapcore.io import write_tiff
-    from tapcore.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = regions_frame(exp.regions)

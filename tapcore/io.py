@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -531,6 +531,37 @@ def read_movie(path: str | os.PathLike, *, channel: int | None = None, plane: in
     if warnings is not None:
         warnings.extend(notes)
     return data
+
+
+def check_movie(movie: Any, min_frames: int = 1, name: str = "the movie", purpose: str = "this step") -> np.ndarray:
+    """THE "(T, Y, X) movie" rule for arrays handed to the library: returns ``np.asarray(movie)``.
+
+    Raises:
+        ValueError: not 3-D, fewer than ``min_frames`` frames (``purpose`` says what needs them), or
+            empty frames.
+    """
+    movie = np.asarray(movie)
+    if movie.ndim != 3:
+        raise ValueError(f"{name} must be (T, Y, X); got shape {movie.shape}")
+    if movie.shape[0] < min_frames:
+        words = {1: "one frame", 2: "two frames"}.get(min_frames, f"{min_frames} frames")
+        raise ValueError(f"{name} has {movie.shape[0]} frame(s); {purpose} needs at least {words}")
+    if min(movie.shape[1:]) < 1:
+        raise ValueError(f"{name}'s frames are empty ({movie.shape[1]} x {movie.shape[2]} pixels)")
+    return movie
+
+
+#: Default per-frame normalisation percentiles (paper: 1 and 99.8).
+PMIN, PMAX = 1.0, 99.8
+
+
+def normalization(model_config: Optional[dict[str, Any]], pmin: Optional[float] = None,
+                  pmax: Optional[float] = None) -> tuple[float, float]:
+    """THE pmin/pmax fallback: the given percentiles, else the model's (``config["normalize"]``, the
+    training values), else :data:`PMIN` / :data:`PMAX`."""
+    norm = (model_config or {}).get("normalize") or {}
+    return (float(pmin if pmin is not None else norm.get("pmin", PMIN)),
+            float(pmax if pmax is not None else norm.get("pmax", PMAX)))
 
 
 def normalize_movie(movie: np.ndarray, pmin: float = 1.0, pmax: float = 99.8) -> np.ndarray:

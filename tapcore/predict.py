@@ -77,11 +77,14 @@ Outputs (:func:`write_prediction`), all frames are 0-based indices of the movie 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -90,12 +93,20 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import pandas as pd
+import tifffile
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tapcore.calibration import Calibration, calibration_from_dict
+from tapcore.calibration import Calibration
+from tapcore.detector import EventDetector
+from tapcore.events import dense
 from tapcore.progress import ProgressFn
+from tapcore.binning import bin_movie, binned_shape, model_bin, unbin_coords, unbin_map
+from tapcore.io import check_movie, normalization, normalize_movie, write_tiff
+from tapcore.utils import (atomic_write_json, atomic_write_text, chmod_as_created, environment_info, read_json,
+                           resolve_device, sha256_array)
+from tapcore.verdicts import data_shift_verdict, movie_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -169,58 +180,6 @@ class Prediction:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def _fast_len(n: int) -> int:
-    """Smallest size >= n whose only prime factors are 2, 3, 5 (fast for pocketfft and cuFFT)."""
-    m = max(int(n), 1)
-    while True:
-        k = m
-        for p in (2, 3, 5):
-            while k % p == 0:
-                k //= p
-        if k == 1:
-            return m
-        m += 1
-
-
-def _fuse_tree(module: nn.Module) -> nn.Module:
-    """Fold eval-mode BatchNorms into the preceding convolutions (``torch.fx`` fusion), recursing
-    into children where a module cannot be traced as a whole (e.g. shape-dependent padding)."""
-    from torch.fx.experimental.optimization import fuse
-
-    if not any(isinstance(m, nn.BatchNorm2d) for m in module.modules()):
-        return module
-    try:
-        return fuse(module, inplace=True)
-    except Exception:  # noqa: BLE001 - not traceable: fuse its parts instead
-        for name, child in list(module.named_children()):
-            setattr(module, name, _fuse_tree(child))
-        return module
-
-
-def inference_copy(module: nn.Module, channels_last: bool = True) -> nn.Module:
-    """An eval-mode copy of ``module`` for fast inference: BatchNorm folded into convolutions and
-    (optionally) channels-last weights. Outputs equal the original's up to float rounding."""
-    m = copy.deepcopy(module).eval()
-    for p in m.parameters():
-        p.requires_grad_(False)
-    with torch.no_grad():  # traced in inference mode: modules with an in-place no-grad path keep it
-        m = _fuse_tree(m).eval()
-    for sub in m.modules():  # activations in place: inference never needs their inputs again
-        if isinstance(sub, (nn.ReLU, nn.LeakyReLU)):
-            sub.inplace = True
-    if channels_last:
-        m = m.to(memory_format=torch.channels_last)
-    return m
-
-
-def _spans(size: int, tile: int, multiple: int = 1) -> list[tuple[int, int]]:
-    """Split ``[0, size)`` into ``ceil(size / tile)`` near-equal spans whose starts are multiples of
-    ``multiple`` (even splits keep halos and FFT sizes small: 1100 px with tile 1024 -> 2 x 550)."""
-    n = max(1, math.ceil(size / tile))
-    step = max(multiple, math.ceil(math.ceil(size / n) / multiple) * multiple)
-    return [(s, min(s + step, size)) for s in range(0, size, step)]
-
-
 class DensePredictor:
     """Dense event logits of an :class:`~tapcore.events.model.EventModel` over whole frames.
 
@@ -247,25 +206,19 @@ class DensePredictor:
         self.hi = self.crop - 1 - self.lo
         self.calibration = calibration or Calibration()
         # fast eval copies (BN folded, channels-last); the model itself is left untouched
-        self.backbone = inference_copy(model.backbone, self.cfg.channels_last)
+        self.backbone = dense.inference_copy(model.backbone, self.cfg.channels_last)
         enc = getattr(head, "encoder", None)
-        self.encoder = inference_copy(enc, self.cfg.channels_last) if isinstance(enc, nn.Module) else head.encode
-        multiple = int(getattr(model.backbone, "multiple", 8))
+        self.encoder = dense.inference_copy(enc, self.cfg.channels_last) if isinstance(enc, nn.Module) else head.encode
+        multiple = dense.backbone_multiple(model.backbone)
         self.multiple = multiple
         # tile origins and overlaps on the U-Net's pooling grid keep tiling exact
         self.tile = max(multiple, int(math.ceil(self.cfg.tile / multiple)) * multiple)
         self.overlap = int(math.ceil(self.cfg.overlap / multiple)) * multiple
         with torch.no_grad():
-            k = head.kernels().detach().float()  # (K, P, D, crop, crop)
-            if self.combine == "mean":
-                w = k[:, 0]  # (K, D, crop, crop)
-            else:
-                w = torch.cat([k[:, 0], k[:, 1]], dim=0)  # (2K, D, crop, crop): parts a then b
-            self.weight = w.contiguous().to(self.device)  # (O, D, crop, crop)
-            self.bias = head.fc.bias.detach().float().to(self.device)  # (K,)
-            c_in = self._in_channels()
-            self.zero_code = self._encode(torch.zeros(1, c_in, 2 * self.margin + 1, 2 * self.margin + 1,
-                                                      device=self.device))[0, :, self.margin, self.margin]  # (D,)
+            w, bias = dense.linear_weight(head)  # (O, D, crop, crop), (K,)
+            self.weight = w.detach().float().contiguous().to(self.device)
+            self.bias = bias.detach().float().to(self.device)
+            self.zero_code = dense.zero_code(self._encode, self._in_channels(), self.margin, self.device)  # (D,)
         method = self.cfg.method
         if method == "auto":
             method = "conv" if self.crop <= 8 else "fft"
@@ -290,65 +243,34 @@ class DensePredictor:
         with self._autocast():
             return self.encoder(z).float()
 
+    def _backbone(self, frames: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.backbone(frames).float()
+
     # -- stage 1: backbone features ------------------------------------------------------------
     @torch.no_grad()
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         """``frames (B, 1, Y, X)`` normalised -> features ``(B, C, Y, X) float32`` (tiled with overlap)."""
         b, _, height, width = frames.shape
-        backbone = self.backbone
         if self.cfg.channels_last:
             frames = frames.contiguous(memory_format=torch.channels_last)
-        if height <= self.tile and width <= self.tile:
-            with self._autocast():
-                return backbone(frames).float()
         out: Optional[torch.Tensor] = None
-        ov = self.overlap
-        for y0, y1 in _spans(height, self.tile, self.multiple):
-            for x0, x1 in _spans(width, self.tile, self.multiple):
-                ya, yb = max(0, y0 - ov), min(height, y1 + ov)
-                xa, xb = max(0, x0 - ov), min(width, x1 + ov)
-                with self._autocast():
-                    z = backbone(frames[..., ya:yb, xa:xb]).float()  # (B, C, yb-ya, xb-xa)
-                if out is None:
-                    out = torch.empty(b, z.shape[1], height, width, device=z.device, dtype=torch.float32)
-                out[..., y0:y1, x0:x1] = z[..., y0 - ya:y1 - ya, x0 - xa:x1 - xa]
+        for (y0, y1, x0, x1), z in dense.backbone_tiles(self._backbone, frames, self.tile, self.overlap,
+                                                        self.multiple):
+            if y0 == 0 and x0 == 0 and (y1, x1) == (height, width):
+                return z  # one tile: the whole frame
+            if out is None:
+                out = torch.empty(b, z.shape[1], height, width, device=z.device, dtype=torch.float32)
+            out[..., y0:y1, x0:x1] = z
         assert out is not None
         return out
 
     # -- stage 2: encoder on the zero-extended frame -------------------------------------------
     @torch.no_grad()
     def extended_encoding(self, z: torch.Tensor) -> torch.Tensor:
-        """``z (B, C, Y, X)`` -> ``E (B, D, Y + crop - 1, X + crop - 1)``: the head's encoding of the
-        zero-padded feature map on the frame extended by ``crop//2`` (top/left) and ``crop-1-crop//2``."""
-        b, _, height, width = z.shape
-        m = self.margin
-        d = int(self.zero_code.shape[0])
-        ext = torch.empty(b, d, height + self.crop - 1, width + self.crop - 1, device=z.device)
-        # rows/columns beyond the frame + margin see only zero features: the constant zero code there
-        # (the encoded band [lo - m, lo + Y + m) x [lo - m, lo + X + m) is written tile by tile below)
-        a0, a1 = max(0, self.lo - m), self.lo + height + m
-        b0, b1 = max(0, self.lo - m), self.lo + width + m
-        code = self.zero_code.view(1, d, 1, 1)
-        ext[..., :a0, :] = code
-        ext[..., a1:, :] = code
-        ext[..., a0:a1, :b0] = code
-        ext[..., a0:a1, b1:] = code
-        # the encoding is computed on the frame + m pixels (it sees zeros beyond the frame)
-        zp = F.pad(z, (2 * m, 2 * m, 2 * m, 2 * m))  # (B, C, Y + 4m, X + 4m)
-        inner_h, inner_w = height + 2 * m, width + 2 * m  # frame rows [-m, Y + m)
-        tile = max(int(self.cfg.head_tile), 16)
-        for r0, r1 in _spans(inner_h, tile):
-            for c0, c1 in _spans(inner_w, tile):
-                # inner rows [r0, r1) <- zp rows [r0, r1 + 2m) (m halo on each side)
-                e = self._encode(zp[..., r0:r1 + 2 * m, c0:c1 + 2 * m])[..., m:m + r1 - r0, m:m + c1 - c0]
-                # inner row i <-> frame row i - m <-> ext row i - m + lo
-                er0, ec0 = r0 - m + self.lo, c0 - m + self.lo
-                cy0, cx0 = max(0, -er0), max(0, -ec0)
-                cy1 = min(r1 - r0, ext.shape[-2] - er0)
-                cx1 = min(c1 - c0, ext.shape[-1] - ec0)
-                if cy1 > cy0 and cx1 > cx0:
-                    ext[..., er0 + cy0:er0 + cy1, ec0 + cx0:ec0 + cx1] = e[..., cy0:cy1, cx0:cx1]
-        return ext
+        """``z (B, C, Y, X)`` -> ``E (B, D, Y + crop - 1, X + crop - 1)`` (:func:`tapcore.events.dense.extended_encoding`)."""
+        return dense.extended_encoding(self._encode, z, self.crop, self.margin, self.zero_code,
+                                       int(self.cfg.head_tile))
 
     # -- stage 3: the linear layer as a correlation ---------------------------------------------
     def _kfft(self, fh: int, fw: int) -> torch.Tensor:
@@ -361,28 +283,8 @@ class DensePredictor:
 
     @torch.no_grad()
     def correlate(self, ext: torch.Tensor) -> torch.Tensor:
-        """``E (B, D, Y + crop - 1, X + crop - 1)`` -> ``R (B, O, Y, X)``: ``R[o, y, x] = sum W[o] * E[.., y:y+crop, x:x+crop]``."""
-        b, _, eh, ew = ext.shape
-        cs = self.crop
-        height, width = eh - cs + 1, ew - cs + 1
-        if self.method == "conv":
-            return F.conv2d(ext, self.weight)  # (B, O, Y, X)
-        out = torch.empty(b, self.weight.shape[0], height, width, device=ext.device)
-        tile = int(self.cfg.head_tile)
-        for y0, y1 in _spans(height, tile):
-            for x0, x1 in _spans(width, tile):
-                th, tw = y1 - y0, x1 - x0
-                sh, sw = th + cs - 1, tw + cs - 1
-                fh, fw = _fast_len(sh), _fast_len(sw)
-                ef = torch.fft.rfft2(ext[..., y0:y0 + sh, x0:x0 + sw], s=(fh, fw))  # (B, D, fh, fw//2+1)
-                kf = self._kfft(fh, fw)  # (O, D, fh, fw//2+1)
-                # sum over D of ef * kf, one channel at a time: ~2.5x faster than einsum on CPU (cache-sized ops)
-                prod = ef[:, 0:1] * kf[None, :, 0]  # (B, O, fh, fw//2+1)
-                for d in range(1, ef.shape[1]):
-                    prod += ef[:, d:d + 1] * kf[None, :, d]
-                r = torch.fft.irfft2(prod, s=(fh, fw))  # (B, O, fh, fw)
-                out[..., y0:y0 + th, x0:x0 + tw] = r[..., :th, :tw]
-        return out
+        """``E (B, D, Y + crop - 1, X + crop - 1)`` -> ``R (B, O, Y, X)`` (:func:`tapcore.events.dense.correlate`)."""
+        return dense.correlate(ext, self.weight, self.method, int(self.cfg.head_tile), self._kfft)
 
     @torch.no_grad()
     def responses(self, frames: torch.Tensor) -> torch.Tensor:
@@ -391,12 +293,7 @@ class DensePredictor:
 
     def pair_logits(self, r_t: torch.Tensor, r_t1: torch.Tensor) -> torch.Tensor:
         """Responses of frames t and t+1 ``(N, O, Y, X)`` -> uncalibrated logits ``(N, K, Y, X)``."""
-        k = self.n_classes
-        if self.combine == "mean":
-            logits = (r_t + r_t1) * 0.5
-        else:
-            logits = r_t[:, :k] + r_t1[:, k:]
-        return logits + self.bias.view(1, k, 1, 1)
+        return dense.combine_pairs(r_t, r_t1, self.combine, self.bias)
 
     def pair_probabilities(self, r_t: torch.Tensor, r_t1: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities ``(N, K, Y, X)`` of pairs."""
@@ -420,8 +317,6 @@ def normalize_frames_torch(frames: torch.Tensor, pmin: float = 1.0, pmax: float 
     """
     x = frames.float()
     if x[0].numel() > 16_000_000 or not bool(torch.isfinite(x).all()):
-        from tapcore.io import normalize_movie
-
         return torch.from_numpy(normalize_movie(frames.cpu().numpy(), pmin, pmax)).to(frames.device)
     q = torch.tensor([pmin / 100.0, pmax / 100.0], device=x.device, dtype=torch.float64)
     lo_hi = torch.quantile(x.flatten(1).double(), q, dim=1)  # (2, B)
@@ -523,30 +418,15 @@ def drop_repeats(events: pd.DataFrame, frames: int, distance: int) -> pd.DataFra
 
 
 # -- the workflow ----------------------------------------------------------------------------------
-def _load(model: Union[str, os.PathLike, nn.Module], device: str) -> tuple[nn.Module, str, Optional[str], dict]:
-    """(model, model_id, bundle path, manifest)"""
-    if isinstance(model, nn.Module):
-        config = getattr(model, "config", {}) or {}
-        return model, str(config.get("bundle_id") or "unsaved-model"), None, {}
-    from tapcore.events.model import load_event_model
-    from tapcore.utils import read_json
-
-    path = Path(model)
-    net = load_event_model(path, device=device)
-    manifest = read_json(path / "manifest.json") if (path / "manifest.json").is_file() else {}
-    model_id = str(manifest.get("bundle_id") or path.name)
-    return net, model_id, str(path), manifest
-
-
-def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], cfg: Optional[PredictConfig] = None,
+def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, EventDetector], cfg: Optional[PredictConfig] = None,
                   progress: Optional[ProgressFn] = None) -> Prediction:
     """Calibrated event maps, event list and per-frame summary of a whole movie.
 
     Args:
         movie: raw movie ``(T, Y, X)`` (any dtype; normalised per frame inside with the bundle's
             percentiles).
-        model: an ``event_head`` bundle folder, or a loaded ``EventModel`` (then its ``.calibration``
-            dict, if any, is used).
+        model: an ``event_head`` bundle folder or an :class:`~tapcore.detector.EventDetector` (its
+            ``calibration``, if any, is applied).
         cfg: :class:`PredictConfig`.
         progress: callback; one ``{"stage": "predict", "kind": "step", "step", "steps", ...}`` record per
             batch of frames and a ``"done"`` record.
@@ -554,33 +434,19 @@ def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], 
     Returns:
         :class:`Prediction`.
     """
-    from tapcore.binning import bin_movie, binned_shape, model_bin, unbin_coords, unbin_map
-    from tapcore.io import normalize_movie
-    from tapcore.utils import environment_info, resolve_device, sha256_array
-
     cfg = dataclasses.replace(cfg or PredictConfig()).validate()
-    movie = np.asarray(movie)
-    if movie.ndim != 3:
-        raise ValueError(f"the movie must be (T, Y, X); got shape {movie.shape}")
-    if movie.shape[0] < 2:
-        raise ValueError(f"the movie has {movie.shape[0]} frame; event prediction needs at least two frames")
-    if min(movie.shape[1:]) < 1:
-        raise ValueError(f"the movie's frames are empty ({movie.shape[1]} x {movie.shape[2]} pixels)")
+    movie = check_movie(movie, 2, purpose="event prediction")
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     t0 = time.time()
-    net, model_id, bundle_path, manifest = _load(model, device)
-    config = getattr(net, "config", {}) or {}
-    calib_dict = getattr(net, "calibration", None) if cfg.calibrate else None
-    calibration = calibration_from_dict(calib_dict)
-    norm = config.get("normalize") or {}
-    pmin = float(cfg.pmin if cfg.pmin is not None else norm.get("pmin", 1.0))
-    pmax = float(cfg.pmax if cfg.pmax is not None else norm.get("pmax", 99.8))
-    class_names = list(config.get("class_names") or [])
-    n_classes = int(net.head.n_classes)
-    if len(class_names) != n_classes:
-        class_names = ["none"] + (["event"] if n_classes == 2 else [f"class{k}" for k in range(1, n_classes)])
+    detector = model if isinstance(model, EventDetector) else EventDetector.load(model, device=device)
+    net, config, manifest = detector.model, detector.config, detector.manifest
+    model_id, bundle_path = detector.id, (str(detector.path) if detector.path is not None else None)
+    applied = cfg.calibrate and detector.calibration is not None
+    calibration = detector.calibration_or_identity() if applied else Calibration()
+    pmin, pmax = normalization(config, cfg.pmin, cfg.pmax)
+    class_names = detector.class_names
     predictor = DensePredictor(net, cfg, device, calibration)
     b = model_bin(config)  # the model works on the movie binned by b; results are unbinned below
     min_distance = -(-int(cfg.min_distance) // b)  # original pixels -> binned pixels (ceil)
@@ -641,8 +507,6 @@ def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], 
         counts = events["frame"].value_counts()
         per_frame["n_events"] = per_frame["frame"].map(counts).fillna(0).astype(np.int64)
     movie_sha = sha256_array(movie)
-    from tapcore.verdicts import data_shift_verdict, movie_statistics
-
     stats = movie_statistics(movie)
     shift = data_shift_verdict(manifest.get("data_stats"), stats,
                                same_movie=bool(manifest) and movie_sha == manifest.get("movie_sha256"))
@@ -655,7 +519,7 @@ def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, nn.Module], 
         "class_names": class_names,
         "config": dataclasses.asdict(predictor.cfg),
         "device": device,
-        "calibration": {**calibration.to_dict(), "applied": calib_dict is not None},
+        "calibration": {**calibration.to_dict(), "applied": applied},
         "normalize": {"pmin": pmin, "pmax": pmax},
         "movie_shape": list(movie.shape),
         "movie_dtype": str(movie.dtype),
@@ -684,9 +548,6 @@ def write_prediction(pred: Prediction, out_dir: str | os.PathLike) -> dict[str, 
     Returns:
         name -> path of each written file (``heatmaps.tif`` only when the maps were kept).
     """
-    from tapcore.io import write_tiff
-    from tapcore.utils import atomic_write_json, atomic_write_text
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -701,11 +562,56 @@ def write_prediction(pred: Prediction, out_dir: str | os.PathLike) -> dict[str, 
     return paths
 
 
-def read_events(path: str | os.PathLike) -> pd.DataFrame:
-    """Read an ``events.csv`` written by :func:`write_prediction`, checking its columns."""
-    df = pd.read_csv(path)
-    missing = [c for c in EVENT_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {', '.join(missing)}; expected {', '.join(EVENT_COLUMNS)} "
-                         "(an events.csv written by tapcore predict)")
-    return df
+def read_prediction(out_dir: str | os.PathLike) -> Prediction:
+    """Read a prediction folder written by :func:`write_prediction` (maps empty without ``heatmaps.tif``)."""
+    out = Path(out_dir)
+    record = read_json(out / "prediction.json") if (out / "prediction.json").is_file() else {}
+    events, per_frame = pd.read_csv(out / "events.csv"), pd.read_csv(out / "per_frame.csv")
+    maps = np.asarray(tifffile.imread(out / "heatmaps.tif"), np.float32) if (out / "heatmaps.tif").is_file() else \
+        np.zeros((0, 0, 0), np.float32)
+    return Prediction(prob_maps=maps, events=events, per_frame=per_frame, record=record)
+
+
+def prediction_key(movie_sha256: str, model_path: str | os.PathLike, cfg: PredictConfig) -> str:
+    """Identity of a stored prediction: the movie's content, the model bundle's weights, calibration and
+    config (their bytes), and the prediction options (24 hex digits)."""
+    h = hashlib.sha256(movie_sha256.encode())
+    for name in ("weights.pt", "calibration.json", "config.json"):
+        f = Path(model_path) / name
+        h.update(f.read_bytes() if f.is_file() else b"-")
+    h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+    return h.hexdigest()[:24]
+
+
+def stored_prediction(store: str | os.PathLike, movie: np.ndarray, movie_sha256: str, model_path: str | os.PathLike,
+                      cfg: Optional[PredictConfig] = None, progress: Optional[ProgressFn] = None) -> Path:
+    """The prediction folder ``store/<prediction_key>``, computed and written once (atomically: into a
+    temporary sibling, then renamed; when two callers race, the first finished one is kept)."""
+    cfg = dataclasses.replace(cfg or PredictConfig()).validate()
+    out = Path(store) / prediction_key(movie_sha256, model_path, cfg)
+    if (out / "events.csv").is_file():
+        return out
+    pred = predict_movie(movie, model_path, cfg, progress=progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    chmod_as_created(tmp)  # mkdtemp's 0700 would hide the prediction from the lab's group
+    write_prediction(pred, tmp)
+    if out.exists():  # another caller finished the same prediction first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def run_record(model_path: str | os.PathLike, model_ref: Optional[str] = None, **context: Any) -> dict[str, Any]:
+    """What is needed to reproduce a prediction: the model bundle's config, manifest, calibration and
+    test metrics (under ``model``, with ``model_ref``, the name it was chosen by), the given
+    ``context`` (dataset, prediction, ...) and the environment."""
+    path = Path(model_path)
+
+    def read(name: str) -> Any:
+        return read_json(path / name) if (path / name).is_file() else None
+
+    return {"model": {"ref": model_ref, "config": read("config.json"), "manifest": read("manifest.json"),
+                      "calibration": read("calibration.json"), "test_metrics": (read("metrics.json") or {}).get("test")},
+            **context, "environment": environment_info("cpu")}

@@ -248,15 +248,6 @@ def sha256_array(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices)."""
     import torch
@@ -291,7 +282,7 @@ def environment_info(device: str | None = None) -> dict[str, Any]:
         "numpy": np.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu_threads": torch.get_num_threads(),
-        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # huge-page CPU allocations (tapcore/__init__.py)
+        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # huge-page CPU allocations (tapcore.runtime)
     }
     if device is not None:
         info["device"] = str(device)

@@ -427,7 +427,7 @@ def bundle_verdicts(path: str | Path) -> list[Verdict]:
     return []
 
 
-def job_verdicts(kind: str, run_dir: str | Path, outputs: Optional[dict[str, str]] = None) -> list[Verdict]:
+def job_verdicts(kind: str, run_dir: str | Path) -> list[Verdict]:
     """The verdicts of a finished job from what it wrote into ``run_dir``."""
     run_dir = Path(run_dir)
     if kind in ("pretrain", "train_head") and (run_dir / "model" / "config.json").is_file():

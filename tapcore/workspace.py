@@ -530,12 +530,6 @@ class Workspace:
             owner=owner, shared=shared,
         )
 
-    def has_dataset(self, dataset_id: str) -> bool:
-        """Whether a dataset with this id exists and the acting user may open it."""
-        if not (self.datasets_dir / dataset_id / "meta.json").is_file():
-            return False
-        return can_read(self.user, *self._dataset_access(dataset_id))
-
     def list_datasets(self) -> list[DatasetInfo]:
         """The datasets the acting user may open (own, shared with the lab; admins: all), newest first."""
         out = []

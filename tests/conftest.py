@@ -1,7 +1,13 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures and the test markers.
 
 Real data lives in ``../shared/data`` beside the project root. A fresh clone has no such folder:
 tests that need it skip with a visible reason (``-ra`` prints it in the summary).
+
+Markers (registered in pyproject.toml): ``slow`` for long tests (real browser, Slurm cluster,
+torchrun processes, job/worker subprocesses with fault injection, long training), ``gpu`` for tests
+that need CUDA (skipped without a GPU). ``pytest`` runs everything (CI); ``pytest -m "not slow"`` is
+the developer loop. Whole files are marked here (:data:`SLOW_FILES`); single tests carry
+``@pytest.mark.slow`` in their file.
 """
 
 from __future__ import annotations
@@ -23,6 +29,31 @@ def _shared(name: str) -> Path:
     return path
 
 
+#: Test files whose every test is slow (each starts processes: browsers, Slurm jobs, torchrun, workers).
+SLOW_FILES = {
+    "test_browser.py",  # a real chromium driving the app
+    "test_slurm.py",  # jobs on a local Slurm cluster
+    "test_distributed.py",  # torchrun TAP pretraining, several processes
+    "test_distributed_head.py",  # torchrun event-head training
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` on the tests of :data:`SLOW_FILES` and on browser / Slurm / real-data tests; ``gpu`` tests skip
+    without CUDA."""
+    has_cuda = None
+    for item in items:
+        if item.path.name in SLOW_FILES or any(item.get_closest_marker(m) for m in ("browser", "slurm", "shared_data")):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("gpu"):
+            if has_cuda is None:
+                import torch
+
+                has_cuda = torch.cuda.is_available()
+            if not has_cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (marker gpu)"))
+
+
 @pytest.fixture(scope="session")
 def hela01() -> Path:
     """Path to the CTC Fluo-N2DL-HeLa sequence 01 folder (skips when absent)."""
@@ -39,6 +70,16 @@ def psc01() -> Path:
 def _isolated_workspace(tmp_path, monkeypatch):
     """Every test gets its own TAPCORE_HOME under tmp_path: nothing is written to the project."""
     monkeypatch.setenv("TAPCORE_HOME", str(tmp_path / "workspace"))
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """The workspace of an app test (``$TAPCORE_HOME``); the app starts no background worker (tests run
+    jobs with their own in-process worker)."""
+    path = tmp_path / "workspace"
+    monkeypatch.setenv("TAPCORE_HOME", str(path))
+    monkeypatch.setattr("tapcore.jobs.worker.ensure_worker", lambda *a, **k: None)
+    return path
 
 
 @pytest.fixture

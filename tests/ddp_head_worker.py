@@ -28,14 +28,14 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    import tapcore.bundle
+    import tapcore.detector
     import tapcore.events.train as train
     from tapcore.cli import main as cli
     from tapcore.io import read_masks, read_movie
 
     logged = write_logger(out / f"writes-rank{rank}.jsonl", rank)
 
-    tapcore.bundle.save_bundle = logged(tapcore.bundle.save_bundle, "bundle")
+    tapcore.detector.save_bundle = logged(tapcore.detector.save_bundle, "bundle")  # EventDetector.save writes bundles
     train._write_arrays = logged(train._write_arrays, "arrays")
 
     kw = json.loads((out / "head.json").read_text())

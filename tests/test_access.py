@@ -97,7 +97,8 @@ def test_library_b_cannot_list_a_private_dataset(lab):
 def test_library_b_cannot_open_a_dataset(lab):
     with pytest.raises(AccessDenied, match=r"bo may not open dataset .* not shared with the lab"):
         Workspace(lab.home, BO).dataset(lab.private)
-    assert Workspace(lab.home, BO).has_dataset(lab.private) is False
+    with pytest.raises(AccessDenied):
+        Workspace(lab.home, BO).load_movie(lab.private)
 
 
 def test_library_b_cannot_download_a_movie(lab):

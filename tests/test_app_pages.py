@@ -24,15 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread_per_job")
 APP = str(ROOT / "app.py")
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "workspace"
-    monkeypatch.setenv("TAPCORE_HOME", str(path))
-    # the app would start a background worker; tests run jobs with their own in-process worker
-    monkeypatch.setattr("tapcore.jobs.worker.ensure_worker", lambda *a, **k: None)
-    return path
-
-
 def _app(page: str) -> AppTest:
     """The app opened straight on ``page`` (its url_path is its file name, so this works before a run)."""
     at = AppTest.from_file(APP, default_timeout=120)
@@ -53,6 +44,7 @@ def _tiff(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow  # builds the demo movie
 def test_data_page_demo_preview_and_mask_overlay(home):
     at = _app("pages/data.py")
     assert "No datasets yet" in _texts(at)
@@ -97,6 +89,7 @@ def test_data_page_good_upload_and_mismatched_masks(home):
     np.testing.assert_array_equal(Workspace(home).load_movie(info.id), movie)
 
 
+@pytest.mark.slow  # runs a job
 def test_jobs_page_lists_and_cancels(home):
     Workspace(home).create_demo()
     q = JobQueue(home)
@@ -129,6 +122,7 @@ def _tiny_tap(home: Path) -> str:
     return "saved:tinytap"
 
 
+@pytest.mark.slow  # trains an event head in a job
 def test_event_head_job_then_evaluate_page(home):
     from tapcore.jobs.worker import Worker
 
@@ -174,7 +168,7 @@ def test_event_head_job_then_evaluate_page(home):
 @pytest.fixture(scope="module")
 def trained_home(tmp_path_factory) -> Path:
     """A workspace with the small demo, a tiny TAP bundle and a calibrated A0 head trained on it."""
-    from tapcore.calibration import calibrate_bundle
+    from tapcore.events.calibrate import calibrate_bundle
     from tapcore.config import config_from_dict
     from tapcore.events.train import HeadConfig, train_head
 
@@ -189,6 +183,7 @@ def trained_home(tmp_path_factory) -> Path:
     return home
 
 
+@pytest.mark.slow  # predicts a movie in the page
 def test_predict_page_viewer_threshold_and_downloads(trained_home, monkeypatch):
     import pandas as pd
 
@@ -225,6 +220,7 @@ def test_predict_page_viewer_threshold_and_downloads(trained_home, monkeypatch):
     assert len(list((trained_home / "predictions").iterdir())) == 1
 
 
+@pytest.mark.slow  # pretrains TAP in a job
 def test_pretrain_page_submits_a_job_that_finishes_with_curves(home):
     from tapcore.jobs.worker import Worker
 
@@ -266,6 +262,7 @@ def test_pretrain_page_submits_a_job_that_finishes_with_curves(home):
         assert any(verdict.title in v for v in shown)
 
 
+@pytest.mark.slow  # Grad-CAM gallery of a trained model
 def test_explain_page_gradcam_gallery(trained_home, monkeypatch):
     monkeypatch.setenv("TAPCORE_HOME", str(trained_home))
     monkeypatch.setattr("tapcore.jobs.worker.ensure_worker", lambda *a, **k: None)
@@ -285,6 +282,7 @@ def test_explain_page_gradcam_gallery(trained_home, monkeypatch):
     assert not at.exception and not at.error and len(at.dataframe[0].value) == 3
 
 
+@pytest.mark.slow  # predicts the whole demo movie
 def test_app_opens_on_predictions_of_the_shipped_demo_model(home):
     if not (ROOT / "models" / "demo" / "config.json").is_file():
         pytest.skip("models/demo is missing (make it with scripts/make_demo_model.py)")

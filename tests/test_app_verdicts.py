@@ -23,14 +23,6 @@ PAGES = {"data": "Data", "pretrain": "Pretrain", "event_head": "Event head", "ev
          "explain": "Explain", "predict": "Predict", "jobs": "Jobs"}
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "workspace"
-    monkeypatch.setenv("TAPCORE_HOME", str(path))
-    monkeypatch.setattr("tapcore.jobs.worker.ensure_worker", lambda *a, **k: None)
-    return path
-
-
 def _dataset(home: Path) -> str:
     rng = np.random.default_rng(0)
     movie = (rng.random((6, 32, 32)) * 1000).astype(np.uint16)

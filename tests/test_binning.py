@@ -12,6 +12,7 @@ from torch import nn
 from tapcore.binning import bin_masks, bin_movie, binned_shape, check_bin, model_bin, unbin_coords, unbin_map
 from tapcore.bundle import save_bundle
 from tapcore.config import config_to_dict
+from tapcore.detector import EventDetector
 from tapcore.events.heads import build_head
 from tapcore.events.model import EventModel
 from tapcore.predict import PredictConfig, predict_movie
@@ -108,7 +109,7 @@ def test_model_bin_reads_bundles_and_defaults_to_1(tmp_path):
 
 
 # -- a binned model's predictions come back in original coordinates -------------------------------
-def _bright_spot_model(bin_: int) -> EventModel:
+def _bright_spot_model(bin_: int) -> EventDetector:
     """Known answer: backbone = identity (1x1 conv, weight 1), linear head whose only weight is the crop's
     centre pixel, so the event logit at (y, x) is 2 * (normalised intensity at (y, x)) - 1: the event map
     is brightest exactly on bright spots of the (binned) movie."""  # logit: 2 * intensity - 1
@@ -121,8 +122,8 @@ def _bright_spot_model(bin_: int) -> EventModel:
         head.fc.bias.copy_(torch.tensor([0.0, -1.0]))
         head.kernels()[1, 0, 0, 4, 4] = 2.0
     model = EventModel(backbone, head).eval()
-    model.config = {"bin": bin_, "class_names": ["none", "event"], "normalize": {"pmin": 1.0, "pmax": 99.8}}
-    return model
+    return EventDetector(model, config={"bin": bin_, "class_names": ["none", "event"],
+                                        "normalize": {"pmin": 1.0, "pmax": 99.8}})
 
 
 @pytest.mark.parametrize("bin_,spot", [(1, (37, 51)), (2, (37, 51)), (4, (37, 51)), (2, (10, 80)), (4, (61, 2))])
@@ -203,7 +204,7 @@ def test_head_on_a_binned_tap_model_trains_on_binned_crops(binned_head):
 
 
 def test_calibration_recomputes_the_saved_validation_logits_of_a_binned_head(binned_head):
-    from tapcore.calibration import validation_logits
+    from tapcore.events.calibrate import validation_logits
 
     root, movie, masks, res = binned_head
     logits, labels = validation_logits(root / "head", movie, masks)

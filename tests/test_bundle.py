@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import tapcore.bundle as bundle_mod
-from tapcore.bundle import load_bundle, load_tap_model, save_bundle, write_calibration
+from tapcore.bundle import load_bundle, save_bundle, write_calibration
 from tapcore.config import config_to_dict
+from tapcore.detector import TapFeatures
 from tapcore.tap.model import TapConfig, TapModel
 
 SMALL = TapConfig(base_channels=4, depth=2, features=8, head_channels=8)
@@ -40,7 +41,8 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
     model = _model()
     _save(tmp_path / "tap", model)
     assert sorted(os.listdir(tmp_path / "tap")) == ["config.json", "manifest.json", "metrics.json", "weights.pt"]
-    loaded = load_tap_model(tmp_path / "tap")
+    tap = TapFeatures.load(tmp_path / "tap")
+    loaded = tap.model
     x = torch.randn(2, 2, 1, 20, 20)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
@@ -49,7 +51,7 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
     assert b.kind == "tap" and b.metrics == {"val_acc": 0.75} and b.calibration is None
     assert b.manifest["seed"] == 3 and b.manifest["kind"] == "tap"
     assert b.id == b.manifest["bundle_id"] and b.id.startswith("tap-") and len(b.id) == 16
-    assert loaded.bundle_id == b.id
+    assert tap.id == b.id and tap.manifest == b.manifest and tap.metrics == b.metrics
     cfg_json = json.loads((tmp_path / "tap" / "config.json").read_text())
     assert cfg_json["kind"] == "tap" and "kind" not in b.config
 
@@ -129,7 +131,7 @@ def test_weights_that_are_not_tensors_are_rejected(tmp_path):
 def test_event_head_bundle_is_not_a_tap_model(tmp_path):
     save_bundle(tmp_path / "head", kind="event_head", config={"head": "linear"}, state_dict={"w": torch.ones(2)})
     with pytest.raises(ValueError, match="'tap' bundle is needed"):
-        load_tap_model(tmp_path / "head")
+        TapFeatures.load(tmp_path / "head")
 
 
 @pytest.mark.parametrize("calib, message", [

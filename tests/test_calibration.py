@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tapcore import calibration as C
+from tapcore.events.calibrate import calibrate_bundle
 
 
 def _overconfident(n: int = 4000, scale: float = 5.0, offset: float = 0.0, seed: int = 0):
@@ -148,14 +149,14 @@ def test_bad_inputs_raise_value_error():
 def test_calibrate_bundle_writes_validated_file_applied_by_prediction(tmp_path):
     """calibrate_bundle fits on the bundle's saved validation logits; load + predict apply it."""
     from tapcore.bundle import load_bundle
-    from tapcore.events.model import load_event_model
+    from tapcore.detector import EventDetector
     from tapcore.predict import PredictConfig, predict_movie
 
     path = _head_bundle(tmp_path / "head", balance_train=None)
     logits, labels = _overconfident(n=2000, scale=4.0)
     np.save(path / "val_logits.npy", logits.astype(np.float32))
     np.save(path / "val_labels.npy", labels)
-    res = C.calibrate_bundle(path)
+    res = calibrate_bundle(path)
     assert res.calibration.temperature == pytest.approx(4.0, rel=0.15)
     rep = res.report
     assert rep["source"] == "val_logits.npy" and rep["n_samples"] == 2000
@@ -163,7 +164,7 @@ def test_calibrate_bundle_writes_validated_file_applied_by_prediction(tmp_path):
     assert len(rep["reliability_before"]["positive"]["count"]) == 15
     stored = load_bundle(path).calibration
     assert stored["temperature"] == pytest.approx(res.calibration.temperature)
-    loaded = load_event_model(path)
+    loaded = EventDetector.load(path)
     assert loaded.calibration["temperature"] == stored["temperature"]
     movie = (np.random.default_rng(0).random((2, 24, 24)) * 100).astype(np.float32)
     pred = predict_movie(movie, path, PredictConfig(threshold=1.0))
@@ -219,12 +220,12 @@ def test_auto_bias_corrects_the_class_prior_of_a_balanced_trained_head(tmp_path)
     path = _head_bundle(tmp_path / "head", balance_train=True)
     np.save(path / "val_logits.npy", logits.astype(np.float32))
     np.save(path / "val_labels.npy", labels)
-    auto = C.calibrate_bundle(path)
+    auto = calibrate_bundle(path)
     assert auto.report["bias_fitted"] is True and auto.report["method"] == "temperature+bias"
     assert "balanced" in auto.report["bias_reason"]
     assert auto.calibration.temperature == pytest.approx(3.0, rel=0.15)
     assert auto.calibration.bias == pytest.approx(-4.0, abs=0.4)
-    off = C.calibrate_bundle(path, bias="off", write=False)
+    off = calibrate_bundle(path, bias="off", write=False)
     assert off.report["bias_fitted"] is False and off.calibration.bias == 0.0
     assert auto.report["ece_after"]["positive"] < 0.02 < off.report["ece_after"]["positive"]
     assert auto.report["nll_after"] < off.report["nll_after"]
@@ -238,14 +239,14 @@ def test_auto_bias_stays_off_without_a_prior_shift(tmp_path):
     path = _head_bundle(tmp_path / "balanced", balance_train=True)
     np.save(path / "val_logits.npy", logits.astype(np.float32))
     np.save(path / "val_labels.npy", labels)
-    res = C.calibrate_bundle(path, write=False)
+    res = calibrate_bundle(path, write=False)
     assert res.report["bias_fitted"] is False and "close to balanced" in res.report["bias_reason"]
     # a head whose config does not say it was trained on balanced classes gets no automatic bias
     rare_logits, rare_labels = _overconfident(n=2000, scale=3.0, offset=-4.0)
     path = _head_bundle(tmp_path / "unknown", balance_train=None)
     np.save(path / "val_logits.npy", rare_logits.astype(np.float32))
     np.save(path / "val_labels.npy", rare_labels)
-    assert C.calibrate_bundle(path, write=False).report["bias_fitted"] is False
-    assert C.calibrate_bundle(path, bias="on", write=False).report["bias_fitted"] is True
+    assert calibrate_bundle(path, write=False).report["bias_fitted"] is False
+    assert calibrate_bundle(path, bias="on", write=False).report["bias_fitted"] is True
     with pytest.raises(ValueError, match="'auto', 'on' or 'off'"):
-        C.calibrate_bundle(path, bias="maybe", write=False)
+        calibrate_bundle(path, bias="maybe", write=False)

@@ -20,14 +20,6 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 SAVE = "FormSubmitter:upload_form-Check and save"
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "workspace"
-    monkeypatch.setenv("TAPCORE_HOME", str(path))
-    monkeypatch.setattr("tapcore.jobs.worker.ensure_worker", lambda *a, **k: None)
-    return path
-
-
 def _page() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
     at.switch_page("pages/data.py").run()
@@ -58,6 +50,7 @@ def test_wrong_file_type_says_why_next_to_the_uploader(home):
     assert list((home / "datasets").iterdir()) == []
 
 
+@pytest.mark.slow  # a large multi-channel upload
 def test_multichannel_upload_pick_a_channel_with_preview_then_the_preview_shows_it(home):
     data = np.stack([_movie(1), _movie(2), _movie(3)], axis=1)  # TCYX
     at = _page()

@@ -46,6 +46,7 @@ MIN_DIVISION_RECALL = 0.75
 MIN_DIVISION_F1 = 0.20
 
 
+@pytest.mark.slow  # long training / many runs: CI only
 def test_demo_head_finds_divisions_in_a_movie_it_never_saw(unseen):
     pred = predict_movie(unseen.movie, DEMO, PredictConfig(device="cpu"))
     truth = unseen.events

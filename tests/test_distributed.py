@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from tapcore.bundle import load_bundle, load_tap_model
+from tapcore.bundle import load_bundle
+from tapcore.detector import TapFeatures
 from tapcore.config import config_from_dict
 from tapcore.io import write_tiff
 from tapcore.progress import read_metrics
@@ -83,7 +84,7 @@ def test_two_processes_with_shared_batches_follow_the_single_process_loss_curve(
     # both frames cancels in the softmax): Adam scales their float noise up to steps of ~lr, so there the
     # bound is the 4 steps x lr 1e-3 they may move, and the running mean fed by the first one follows it.
     noise_driven = {"backbone.unet.out.bias", "head.fc.bias", "backbone.projection.1.running_mean"}
-    a, b = single.model.state_dict(), load_tap_model(ddp_run / "shared").state_dict()
+    a, b = single.model.state_dict(), TapFeatures.load(ddp_run / "shared").model.state_dict()
     for k in a:
         diff = (b[k].float() - a[k].float()).abs().max().item()
         assert diff <= (4 * 1e-3 if k in noise_driven else 1e-6), (k, diff)
@@ -98,8 +99,8 @@ def test_per_rank_sampling_uses_distinct_generators_and_resumes_exactly(ddp_run)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]["ranks"]) == 2
     s0, s1 = (r["sampler"] for r in ckpt["rng"]["ranks"])
     assert not torch.equal(s0, s1)  # seeds seed + 0 and seed + 1
-    straight = load_tap_model(ddp_run / "straight").state_dict()
-    resumed = load_tap_model(ddp_run / "resumed").state_dict()
+    straight = TapFeatures.load(ddp_run / "straight").model.state_dict()
+    resumed = TapFeatures.load(ddp_run / "resumed").model.state_dict()
     for k in straight:
         assert torch.equal(straight[k], resumed[k]), k
     keys = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")

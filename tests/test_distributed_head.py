@@ -23,7 +23,7 @@ import pytest
 from tapcore.bundle import load_bundle, save_bundle
 from tapcore.config import config_to_dict
 from tapcore.events.dataset import CropPairConfig
-from tapcore.events.model import load_event_model
+from tapcore.detector import EventDetector
 from tapcore.events.train import HeadConfig, random_backbone, train_head
 from tapcore.io import write_tiff
 from tapcore.synthetic import SynthConfig, make_synthetic
@@ -102,7 +102,7 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path, data, ddp_
                                rtol=RTOL if exact_eval else 1e-2)
     np.testing.assert_allclose(np.load(ddp_run / strategy.lower() / "val_logits.npy"), single.val_logits,
                                rtol=0, atol=1e-5 if exact_eval else 2e-2)
-    a, b = single.model.state_dict(), load_event_model(ddp_run / strategy.lower()).state_dict()
+    a, b = single.model.state_dict(), EventDetector.load(ddp_run / strategy.lower()).model.state_dict()
     for k in a:
         if k in NOISE_DRIVEN:
             assert (b[k].float() - a[k].float()).abs().max() <= 6 * 1e-3, k
@@ -124,7 +124,7 @@ def test_a_rank_with_an_empty_share_of_the_last_batch_still_follows_one_process(
     assert [h["train_acc"] for h in h2] == [h["train_acc"] for h in single.history]
     # the step on the last pair (its gradient and BatchNorm statistics come from rank 0 alone) moved the
     # weights and BatchNorm running statistics as in one process (measured <= 1.7e-6 apart)
-    a, b = single.model.state_dict(), load_event_model(ddp_run / "c0-b38").state_dict()
+    a, b = single.model.state_dict(), EventDetector.load(ddp_run / "c0-b38").model.state_dict()
     for k in a:
         if k not in NOISE_DRIVEN:
             np.testing.assert_allclose(b[k].float().numpy(), a[k].float().numpy(), rtol=1e-5, atol=1e-5, err_msg=k)

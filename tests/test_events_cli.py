@@ -55,6 +55,7 @@ def test_events_errors_exit_2(files, tmp_path, capsys):
     assert "contain 0 event crops" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # long training / many runs: CI only
 def test_train_head_and_compare(files, tmp_path, capsys):
     root, _ = files
     common = [str(root / "movie.tif"), str(root / "masks.tif"), "--tap", str(root / "tap"), "--crop", "16",

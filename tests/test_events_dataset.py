@@ -8,10 +8,10 @@ import pytest
 from tapcore.events.dataset import (
     CropPairConfig,
     build_crop_pairs,
-    extract_crops,
     label_coords,
     label_pair,
 )
+from tapcore.events.dense import image_windows
 
 C = 48
 
@@ -173,9 +173,9 @@ def test_errors():
         build_crop_pairs(masks, CropPairConfig(split="region"))
 
 
-def test_extract_crops_with_margin():
+def test_image_windows_with_margin():
     movie = np.arange(3 * 50 * 60, dtype=np.float32).reshape(3, 50, 60)
-    out = extract_crops(movie, np.array([[1, 0, 5], [0, 2, 12]]), crop=C, margin=2)
+    out = image_windows(movie, np.array([[1, 0, 5], [0, 2, 12]]), crop=C, margin=2)
     assert out.shape == (2, 2, 1, C + 4, C + 4)
     assert np.array_equal(out[0, 1, 0, 2:-2, 2:-2], movie[2, 0:C, 5:5 + C])
     assert (out[0, :, 0, :2] == 0).all()  # above the frame: zero

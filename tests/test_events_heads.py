@@ -7,10 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tapcore.events.heads import HEADS, build_head, count_parameters
+from tapcore.events.heads import HEADS, build_head
 from tapcore.events.model import EventModel
 
 C, K, CROP = 8, 3, 12
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def _eval_head(name: str, seed: int = 0):

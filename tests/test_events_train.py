@@ -12,7 +12,7 @@ from tapcore.bundle import save_bundle
 from tapcore.config import config_to_dict
 from tapcore.events.compare import CompareConfig, compare
 from tapcore.events.dataset import CropPairConfig
-from tapcore.events.model import load_event_model
+from tapcore.detector import EventDetector
 from tapcore.events.train import HeadConfig, random_backbone, train_head
 from tapcore.tap.model import TapConfig, TapModel
 
@@ -68,6 +68,7 @@ def _cfg(strategy, epochs, **kw):
                       dataset=ds, **kw)
 
 
+@pytest.mark.slow  # long training / many runs: CI only
 def test_a1_head_learns_synthetic_events_and_bundle_roundtrips(tmp_path, tap_bundle, data):
     movie, masks = data
     torch.manual_seed(0)
@@ -102,10 +103,10 @@ def test_a1_head_learns_synthetic_events_and_bundle_roundtrips(tmp_path, tap_bun
                                                                            res.pairs.val.labels)
 
     # the bundle alone rebuilds the model: same test logits from whole-frame features
-    from tapcore.events.features import compute_frame_features
+    from tapcore.events.dense import compute_frame_features
     from tapcore.io import normalize_movie
 
-    model = load_event_model(out)
+    model = EventDetector.load(out).model
     feats = compute_frame_features(model.backbone, normalize_movie(movie))
     with torch.no_grad():
         z = feats.windows(res.pairs.test.coords, CROP, model.head.margin)
@@ -113,15 +114,17 @@ def test_a1_head_learns_synthetic_events_and_bundle_roundtrips(tmp_path, tap_bun
     assert np.allclose(logits, res.test_logits, atol=1e-4)
 
 
+@pytest.mark.slow  # trains strategy C end to end
 def test_end_to_end_strategy_trains_backbone(tmp_path, tap_bundle, data):
     movie, masks = data
     res = train_head(movie, masks, tap_bundle, _cfg("C0", 1, feature_margin=4), tmp_path / "c0")
-    model = load_event_model(tmp_path / "c0")
-    init = random_backbone(model.config["tap_config"], seed=0)
+    detector = EventDetector.load(tmp_path / "c0")
+    model = detector.model
+    init = random_backbone(detector.config["tap_config"], seed=0)
     changed = any(not torch.equal(a, b) for a, b in zip(model.backbone.state_dict().values(),
                                                       init.state_dict().values()))
     assert changed, "strategy C must train the backbone"
-    assert model.config["frozen_backbone"] is False and model.feature_margin == 4
+    assert detector.config["frozen_backbone"] is False and model.feature_margin == 4
     x = torch.zeros(1, 2, 1, model.input_size, model.input_size)
     assert model(x).shape == (1, 2)
     assert res.confusion.sum() == len(res.pairs.test)
@@ -137,6 +140,7 @@ def test_strategy_a_needs_tap_bundle(tmp_path, data):
         train_head(movie, masks[:-1], None, _cfg("B0", 1), tmp_path / "x")
 
 
+@pytest.mark.slow  # long training / many runs: CI only
 def test_compare_writes_mean_std_tables(tmp_path, tap_bundle, data):
     movie, masks = data
     cfg = CompareConfig(strategies=("A0", "B0"), criteria=("size_either", "any_either"), repeats=2,
@@ -170,6 +174,7 @@ def test_a_single_run_shows_no_spread():
     assert "±" not in md and "One run per row (no std)" in md
 
 
+@pytest.mark.slow  # trains a head twice
 def test_hard_negative_mining_swaps_in_the_negatives_the_head_scored_highest(tmp_path, tap_bundle, data):
     movie, masks = data
     records = []

@@ -14,10 +14,11 @@ import torch
 
 from tapcore.bundle import save_bundle
 from tapcore.config import config_to_dict
+from tapcore.events.dense import dense_event_logits
 from tapcore.events.heads import build_head
 from tapcore.events.model import EventModel
-from tapcore.explain import (REGION_COLUMNS, ExplainConfig, box_scores, dense_event_logits, explain_frame,
-                             gradcam_event, gradcam_tap, top_regions, write_explanation)
+from tapcore.explain import (REGION_COLUMNS, ExplainConfig, box_scores, explain_frame, gradcam_event, gradcam_tap,
+                             top_regions, write_explanation)
 from tapcore.predict import DensePredictor, PredictConfig
 from tapcore.tap.model import TapConfig, TapModel
 
@@ -157,6 +158,7 @@ def test_top_regions_on_random_cam_never_overlap():
         top_regions(cam, size=200)
 
 
+@pytest.mark.slow  # seven Grad-CAM calls under tracemalloc
 def test_repeated_calls_do_not_grow_memory():
     model = _event()
     frames = _frames(32, 40, 4)
@@ -176,6 +178,7 @@ def test_repeated_calls_do_not_grow_memory():
     assert grown < 2_000_000, f"memory grew by {grown} bytes over 5 Grad-CAM calls"
 
 
+@pytest.mark.slow  # Grad-CAM of TAP and event bundles, with all files written
 def test_explain_frame_on_bundles_and_written_files(tmp_path):
     rng = np.random.default_rng(5)
     movie = (rng.random((3, 72, 90)) * 4000).astype(np.uint16)

@@ -189,6 +189,7 @@ def _pretrain_spec(dataset: str, epochs: int = 2) -> dict:
 
 
 # -- disk full ----------------------------------------------------------------------------------------
+@pytest.mark.slow  # streams a large upload
 def test_disk_full_while_an_upload_streams_to_disk(tmp_path):
     ws = Workspace(tmp_path / "ws")
     kept = ws.save_upload(pyio.BytesIO(_tiff(_movie(seed=1))), name="kept.tif")
@@ -465,6 +466,7 @@ def test_job_process_reports_success_without_its_output_files(tmp_path, monkeypa
                          "again")
 
 
+@pytest.mark.slow  # a worker subprocess runs a training job across a restart
 def test_app_restarted_while_a_job_runs(tmp_path, monkeypatch):
     home = tmp_path / "ws"
     job_id = _pretrain_job(home, epochs=30)
@@ -501,6 +503,7 @@ print("\\n".join(ids))
 '''
 
 
+@pytest.mark.slow  # many processes on one SQLite queue
 def test_many_concurrent_submits_on_sqlite(tmp_path):
     JobQueue(tmp_path)  # the schema exists before the race starts
     procs = [subprocess.Popen([sys.executable, "-c", _SUBMITTER, str(tmp_path), f"user{k}"], cwd=ROOT,

@@ -178,6 +178,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow  # runs every stage of bench/gpu_suite.py in a subprocess
 def test_dry_run_runs_every_stage_without_errors(tmp_path, fake_pack):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

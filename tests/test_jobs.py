@@ -158,6 +158,7 @@ def _start_worker(home: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
+@pytest.mark.slow  # worker subprocesses run two training jobs
 def test_two_jobs_finish_in_order_and_survive_a_restart(tmp_path):
     home = tmp_path / "ws"
     ds = _dataset(home)
@@ -188,6 +189,7 @@ def test_two_jobs_finish_in_order_and_survive_a_restart(tmp_path):
     assert f"run:{first}" in refs and f"run:{second}" in refs
 
 
+@pytest.mark.slow  # a worker subprocess runs a job
 def test_cancel_running_job_kills_its_process_group(tmp_path):
     home = tmp_path / "ws"
     ds = _dataset(home)
@@ -206,6 +208,7 @@ def test_cancel_running_job_kills_its_process_group(tmp_path):
         worker.wait(timeout=30)
 
 
+@pytest.mark.slow  # kills a worker mid-training, resumes
 def test_killed_worker_leaves_job_interrupted_and_a_new_worker_resumes_it(tmp_path):
     home = tmp_path / "ws"
     ds = _dataset(home)

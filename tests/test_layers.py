@@ -25,12 +25,18 @@ def test_tapcore_never_imports_streamlit_or_plotly():
     assert len(modules) >= 1
 
 
-def test_importing_tapcore_turns_on_huge_page_allocation_unless_the_user_chose():
-    """tapcore/__init__.py sets THP_MEM_ALLOC_ENABLE=1 (read by torch once) but keeps a user's own value."""
+def test_importing_tapcore_changes_no_environment_and_configure_process_sets_huge_pages():
+    """``import tapcore`` leaves os.environ alone; entry points call tapcore.runtime.configure_process,
+    which sets THP_MEM_ALLOC_ENABLE=1 (read by torch once) but keeps a user's own value."""
     import os
 
-    code = "import os, tapcore; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env["PYTHONPATH"] = str(ROOT)
+    plain = "import os; a = dict(os.environ); import tapcore, tapcore.cli; print(dict(os.environ) == a)"
+    out = subprocess.run([sys.executable, "-c", plain], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+    code = ("import os; from tapcore.runtime import configure_process; configure_process(); "
+            "print(os.environ['THP_MEM_ALLOC_ENABLE'])")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
     out = subprocess.run([sys.executable, "-c", code], env={**env, "THP_MEM_ALLOC_ENABLE": "0"},

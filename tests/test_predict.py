@@ -12,6 +12,7 @@ import torch
 
 from tapcore.calibration import Calibration
 from tapcore.config import config_to_dict
+from tapcore.detector import EventDetector
 from tapcore.events.heads import build_head
 from tapcore.events.model import EventModel
 from tapcore.io import normalize_movie
@@ -40,10 +41,16 @@ def _model(head: str = "resnet", crop: int = 48, n_classes: int = 2, seed: int =
     _randomize_bn(model, seed)
     with torch.no_grad():
         model.head.fc.weight.mul_(30.0)  # logits of order 1, so probabilities are not all ~0.5
-    model.config = {"tap_config": config_to_dict(TINY), "head": head, "crop": crop, "in_channels": TINY.features,
-                    "n_classes": n_classes, "class_names": ["none", "event"] if n_classes == 2
-                    else ["none", "division", "death"], "normalize": {"pmin": 1.0, "pmax": 99.8}}
     return model.eval()
+
+
+def _detector(model: EventModel, **fields) -> EventDetector:
+    """The model with the bundle config train-head would write for it."""
+    head = model.head
+    config = {"tap_config": config_to_dict(TINY), "head": head.name, "crop": head.crop, "in_channels": TINY.features,
+              "n_classes": head.n_classes, "class_names": ["none", "event"] if head.n_classes == 2
+              else ["none", "division", "death"], "normalize": {"pmin": 1.0, "pmax": 99.8}}
+    return EventDetector(model, config=config, **fields)
 
 
 def _reference_logits(model: EventModel, movie_norm: np.ndarray, points: np.ndarray) -> torch.Tensor:
@@ -110,16 +117,16 @@ def test_tiling_gives_the_same_map():
 
 def test_predict_movie_applies_calibration_and_matches_reference():
     model = _model("resnet", 48)
-    model.calibration = {"temperature": 2.0, "bias": -0.5}
+    detector = _detector(model, calibration={"temperature": 2.0, "bias": -0.5})
     movie = (np.random.default_rng(5).random((3, 64, 70)) * 1000).astype(np.uint16)
-    pred = predict_movie(movie, model, PredictConfig(threshold=0.0, min_distance=10))
+    pred = predict_movie(movie, detector, PredictConfig(threshold=0.0, min_distance=10))
     assert pred.prob_maps.shape == (2, 64, 70) and pred.prob_maps.dtype == np.float32
     pts = _points(3, 64, 70, 12, 6)
     ref = _reference_logits(model, normalize_movie(movie), pts)
     expected = torch.softmax(Calibration(2.0, -0.5).apply(ref), dim=1)[:, 1].numpy()
     np.testing.assert_allclose(pred.prob_maps[pts[:, 0], pts[:, 1], pts[:, 2]], expected, atol=1e-5)
     assert pred.record["calibration"] == {"temperature": 2.0, "bias": -0.5, "applied": True}
-    raw = predict_movie(movie, model, PredictConfig(calibrate=False, threshold=1.0))
+    raw = predict_movie(movie, detector, PredictConfig(calibrate=False, threshold=1.0))
     expected_raw = torch.softmax(ref, dim=1)[:, 1].numpy()
     np.testing.assert_allclose(raw.prob_maps[pts[:, 0], pts[:, 1], pts[:, 2]], expected_raw, atol=1e-5)
     # per-frame summary matches the maps; events are peaks of the maps
@@ -197,10 +204,9 @@ def test_written_outputs_have_stable_documented_columns(tmp_path):
 
     for col in EVENT_COLUMNS + PER_FRAME_COLUMNS:
         assert f"``{col}``" in P.__doc__  # every column is documented with its unit
-    model = _model("linear", 16, n_classes=3)
-    model.config["bundle_id"] = "event_head-abc"
+    detector = _detector(_model("linear", 16, n_classes=3), manifest={"bundle_id": "event_head-abc"})
     movie = (np.random.default_rng(7).random((3, 40, 44)) * 255).astype(np.uint8)
-    pred = predict_movie(movie, model, PredictConfig(threshold=0.3, min_distance=8))
+    pred = predict_movie(movie, detector, PredictConfig(threshold=0.3, min_distance=8))
     paths = write_prediction(pred, tmp_path / "out")
     events = pd.read_csv(paths["events"])
     per_frame = pd.read_csv(paths["per_frame"])
@@ -220,7 +226,7 @@ def test_written_outputs_have_stable_documented_columns(tmp_path):
 
 
 def test_bad_inputs_raise_value_error():
-    model = _model("linear", 16)
+    model = _detector(_model("linear", 16))
     with pytest.raises(ValueError, match="at least two frames"):
         predict_movie(np.zeros((1, 20, 20), np.float32), model)
     with pytest.raises(ValueError, match=r"\(T, Y, X\)"):
@@ -231,14 +237,15 @@ def test_bad_inputs_raise_value_error():
         PredictConfig(amp="fp8").validate()
 
 
+@pytest.mark.slow  # three CLI workflows end to end
 def test_cli_calibrate_predict_explain(tmp_path, capsys):
     from tapcore.bundle import save_bundle
     from tapcore.cli import main
     from tapcore.io import write_tiff
 
     model = _model("resnet", 16)
-    bundle = save_bundle(tmp_path / "head", kind="event_head", config=model.config, state_dict=model.state_dict(),
-                         metrics={}, manifest={})
+    bundle = save_bundle(tmp_path / "head", kind="event_head", config=_detector(model).config,
+                         state_dict=model.state_dict(), metrics={}, manifest={})
     rng = np.random.default_rng(8)
     n = 400
     s = rng.normal(0, 2, n)

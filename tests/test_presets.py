@@ -68,6 +68,7 @@ def test_default_preset_follows_the_device():
     assert default_preset("cuda") == "paper" and default_preset("cuda:1") == "paper"
 
 
+@pytest.mark.slow  # pretrains TAP from the CLI
 def test_cli_pretrain_with_a_preset_records_it_and_bins(tmp_path, capsys, one_torch_thread):
     from tapcore.bundle import load_bundle
     from tapcore.cli import main

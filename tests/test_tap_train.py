@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tapcore.bundle import load_bundle, load_tap_model
+from tapcore.bundle import load_bundle
+from tapcore.detector import TapFeatures
 from tapcore.progress import read_metrics
 from tapcore.synthetic import SynthConfig, make_synthetic
 from tapcore.tap.data import AugmentConfig
@@ -37,6 +38,7 @@ def movie() -> np.ndarray:
     return make_synthetic(SynthConfig(seed=1, frames=8, **FAST)).movie
 
 
+@pytest.mark.slow  # trains TAP until it beats chance
 def test_short_cpu_pretraining_beats_chance_on_a_synthetic_movie(tmp_path):
     """48 steps of 16 pairs (32 px, all augmentations) on one synthetic movie, validated on another.
 
@@ -94,7 +96,7 @@ def test_metrics_checkpoint_bundle_and_progress(tmp_path, movie):
     assert bundle.metrics["final"]["val_acc"] == epoch["val_acc"]
     # held-out validation: the last ceil(0.1 * 8) = 2 frames (validation pairs come from frames 6-7 only)
     assert bundle.metrics["validation"]["frames"] == [6, 8] and m["train_frames"] == [0, 6]
-    model = load_tap_model(tmp_path / "tap")
+    model = TapFeatures.load(tmp_path / "tap").model
     x = torch.randn(2, 2, 1, 16, 16)
     with torch.no_grad():
         assert torch.equal(model(x), result.model(x))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
 from typing import Any
+
+from tapcore.config import add_config_options, config_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -30,48 +33,34 @@ def _load(movie_path: str, masks_path: str | None):
 def _add_dataset_args(p: argparse.ArgumentParser, criterion: bool = True, data_seed: bool = True) -> None:
     from tapcore.events.dataset import CRITERIA, SPLITS, TASKS, CropPairConfig
 
-    d = CropPairConfig()
-    if criterion:
-        p.add_argument("--criterion", default=d.criterion, choices=CRITERIA, help="labelling criterion (default %(default)s)")
-    p.add_argument("--min-area", type=int, default=d.min_area,
-                   help="size_either: a crop is positive with more than this many event pixels (default %(default)s)")
-    p.add_argument("--split", default=d.split, choices=SPLITS, help="train/val/test split (default %(default)s)")
-    p.add_argument("--task", default=d.task, choices=TASKS, help="binary event task or three classes (default %(default)s)")
-    p.add_argument("--pairs-per-frame", type=int, default=d.pairs_per_frame,
-                   help="random crops per consecutive frame pair (paper %(default)s)")
-    p.add_argument("--crop", type=int, default=d.crop, help="crop side in pixels (paper %(default)s)")
-    if data_seed:
-        p.add_argument("--data-seed", type=int, default=d.seed,
-                       help="seed of crop sampling and split (default %(default)s)")
+    names = (["criterion"] if criterion else []) + ["min_area", "split", "task", "pairs_per_frame", "crop"] + \
+        (["seed"] if data_seed else [])
+    add_config_options(p, CropPairConfig, names, criterion={"choices": CRITERIA}, split={"choices": SPLITS},
+                       task={"choices": TASKS}, seed={"flag": "--data-seed", "dest": "data_seed"})
 
 
 def _dataset_cfg(args: argparse.Namespace):
     from tapcore.events.dataset import CropPairConfig
 
-    seed = args.data_seed if hasattr(args, "data_seed") else args.seed
-    return CropPairConfig(crop=args.crop, pairs_per_frame=args.pairs_per_frame,
-                          criterion=getattr(args, "criterion", None) or CropPairConfig.criterion,
-                          min_area=args.min_area, task=args.task, split=args.split, seed=seed).validate()
+    cfg = config_from_args(CropPairConfig, args)  # its seed: --data-seed, else the run's --seed
+    return dataclasses.replace(cfg, seed=args.data_seed if hasattr(args, "data_seed") else args.seed).validate()
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
+    from tapcore.events.train import HeadConfig
+
     p.add_argument("--tap", default=None, help="TAP bundle folder (tapcore pretrain); required for A strategies")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: paper, 10 linear / 30 ResNet)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=108, help="batch size (default %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--feature-margin", type=int, default=16,
-                   help="strategy C: image context pixels around the crop (default %(default)s)")
+    add_config_options(p, HeadConfig, ["epochs", "lr", "batch_size", "device", "num_threads", "feature_margin",
+                                       "hard_negatives"], num_threads={"flag": "--threads"})
     p.add_argument("--out", required=True, help="output folder")
 
 
 def _head_cfg(args: argparse.Namespace, strategy: str, seed: int):
     from tapcore.events.train import HeadConfig
 
-    return HeadConfig(strategy=strategy, head=getattr(args, "head", None), epochs=args.epochs, lr=args.lr,
-                      batch_size=args.batch_size, seed=seed, device=args.device, dataset=_dataset_cfg(args),
-                      feature_margin=args.feature_margin, num_threads=args.threads).validate()
+    cfg = config_from_args(HeadConfig, args)
+    return dataclasses.replace(cfg, strategy=strategy, head=getattr(args, "head", None), seed=seed,
+                               dataset=_dataset_cfg(args)).validate()
 
 
 def _cmd_events(args: argparse.Namespace) -> int:
@@ -133,26 +122,27 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from tapcore.events.compare import CompareConfig
+    from tapcore.events.dataset import CropPairConfig
+    from tapcore.events.heads import HEADS
+    from tapcore.events.train import STRATEGIES, HeadConfig
+
     p = subparsers.add_parser("events", help="build event crop pairs from a movie and masks and print a summary",
                               description="Sample crop pairs (t, t+1), label them and print the paper's Table 1.")
     p.add_argument("movie", help="movie TIFF, frame folder, or Cell Tracking Challenge folder")
     p.add_argument("masks", nargs="?", default=None, help="event masks TIFF (optional for a CTC folder)")
     _add_dataset_args(p, data_seed=False)
-    p.add_argument("--seed", type=int, default=0, help="sampling and split seed (default %(default)s)")
+    add_config_options(p, CropPairConfig, ["seed"])
     p.add_argument("--json", action="store_true", help="also print the counts as JSON")
     p.set_defaults(func=_cmd_events)
-
-    from tapcore.events.heads import HEADS
-    from tapcore.events.train import STRATEGIES
 
     p = subparsers.add_parser("train-head", help="train an event head (strategy A0..C1) and write a head bundle",
                               description="Train one event head on crop pairs; writes config.json, weights.pt, "
                                           "metrics.json, val_logits.npy/val_labels.npy (for calibration).")
     p.add_argument("movie", help="movie TIFF, frame folder, or Cell Tracking Challenge folder")
     p.add_argument("masks", nargs="?", default=None, help="event masks TIFF (optional for a CTC folder)")
-    p.add_argument("--strategy", default="A1", choices=list(STRATEGIES), help="default %(default)s")
-    p.add_argument("--head", default=None, choices=list(HEADS), help="override the strategy's head")
-    p.add_argument("--seed", type=int, default=0, help="training seed (default %(default)s)")
+    add_config_options(p, HeadConfig, ["strategy", "head", "seed"], strategy={"choices": list(STRATEGIES)},
+                       head={"choices": list(HEADS)})
     _add_dataset_args(p)
     _add_training_args(p)
     p.set_defaults(func=_cmd_train_head)
@@ -163,9 +153,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("masks", nargs="?", default=None, help="event masks TIFF (optional for a CTC folder)")
     p.add_argument("--strategies", default="A0,A1,B0,B1,C0,C1", help="comma-separated (default %(default)s)")
     p.add_argument("--criteria", default="size_either", help="comma-separated labelling criteria (default %(default)s)")
-    p.add_argument("--repeats", type=int, default=10, help="runs per strategy (paper %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="first training seed (default %(default)s)")
-    p.add_argument("--keep-bundles", action="store_true", help="keep every run's head bundle under OUT/runs")
+    add_config_options(p, CompareConfig, ["repeats", "seed", "keep_bundles"],
+                       keep_bundles={"action": "store_true"})
     _add_dataset_args(p, criterion=False)
     _add_training_args(p)
     p.set_defaults(func=_cmd_compare)

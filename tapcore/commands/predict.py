@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 import time
+
+from tapcore.config import add_config_options, config_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +27,7 @@ def _log_progress(record: dict) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from tapcore.calibration import calibrate_bundle
+    from tapcore.events.calibrate import CalibrateConfig, calibrate_bundle
 
     movie = masks = None
     if args.movie:
@@ -36,8 +39,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             masks = read_masks(args.masks, movie.shape)
         if masks is None:
             raise ValueError(f"{args.movie} has no event masks; give --masks (0 none, 1 division, 2 death)")
-    res = calibrate_bundle(args.model, movie, masks, bias=args.bias, n_bins=args.bins, max_iter=args.max_iter,
-                           device=args.device if args.device != "auto" else "cpu")
+    res = calibrate_bundle(args.model, movie, masks, config_from_args(CalibrateConfig, args))
     r = res.report
     print(json.dumps({"temperature": r["temperature"], "bias": r["bias"], "n_samples": r["n_samples"],
                       "nll_before": r["nll_before"], "nll_after": r["nll_after"],
@@ -51,11 +53,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tapcore.predict import PredictConfig, predict_movie, write_prediction
 
     inp = _movie(args.movie)
-    cfg = PredictConfig(threshold=args.threshold, min_distance=args.min_distance,
-                        repeat_frames=args.repeat_frames, tile=args.tile,
-                        overlap=args.overlap, batch=args.batch, device=args.device, amp=args.amp,
-                        calibrate=not args.no_calibration, keep_maps=not args.no_maps,
-                        num_threads=args.threads).validate()
+    cfg = config_from_args(PredictConfig, args).validate()
     from tapcore import evaluate
     from tapcore.verdicts import Verdict, bundle_verdicts
 
@@ -97,8 +95,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     inp = _movie(args.movie)
     target = "location" if args.y is not None or args.x is not None else "sum"
-    cfg = ExplainConfig(frame=args.frame, k=args.k, size=args.size, target=target, y=args.y, x=args.x,
-                        device=args.device).validate()
+    cfg = dataclasses.replace(config_from_args(ExplainConfig, args), target=target).validate()
     exp = explain_frame(inp.movie, args.model, cfg)
     paths = write_explanation(exp, args.out)
     print(json.dumps({"target": exp.record["target"], "regions": [
@@ -108,9 +105,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from tapcore.calibration import DEFAULT_BINS
+    from tapcore.events.calibrate import CalibrateConfig
     from tapcore.explain import ExplainConfig
-    from tapcore.predict import AMP_MODES, PredictConfig
+    from tapcore.predict import AMP_MODES, METHODS, PredictConfig
 
     p = subparsers.add_parser("calibrate", help="fit temperature scaling of an event head on its validation split "
                                                 "and write calibration.json into the bundle",
@@ -120,16 +117,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="event head bundle folder (tapcore train-head)")
     p.add_argument("--movie", default=None, help="optional movie (TIFF, frame folder or CTC folder) to calibrate on")
     p.add_argument("--masks", default=None, help="event masks for --movie (not needed for CTC folders)")
-    p.add_argument("--bias", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
-                   help="also fit a bias on the event logits (rare events): auto (default: when the head was "
-                        "trained on balanced classes and the validation set is not balanced), on (--bias alone) "
-                        "or off")
-    p.add_argument("--bins", type=int, default=DEFAULT_BINS, help="ECE bins (paper %(default)s)")
-    p.add_argument("--max-iter", type=int, default=100, help="LBFGS iterations (default %(default)s)")
-    p.add_argument("--device", default="auto", help="device for recomputing logits (default cpu)")
+    add_config_options(p, CalibrateConfig, ["bias", "n_bins", "max_iter", "device"],
+                       bias={"nargs": "?", "const": "on", "choices": ["auto", "on", "off"]},
+                       n_bins={"flag": "--bins"})
     p.set_defaults(func=cmd_calibrate)
 
-    d = PredictConfig()
     p = subparsers.add_parser("predict", help="calibrated event maps, event list (CSV) and per-frame summary of a "
                                               "whole movie",
                               description="Writes events.csv, per_frame.csv, heatmaps.tif (float32 (T-1, Y, X)) and "
@@ -137,21 +129,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("movie", help="movie: TIFF, frame folder or Cell Tracking Challenge folder")
     p.add_argument("--model", required=True, help="event head bundle folder")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--threshold", type=float, default=d.threshold,
-                   help="lowest calibrated event probability of a reported event (default %(default)s)")
-    p.add_argument("--min-distance", type=int, default=d.min_distance,
-                   help="reported events are more than this many pixels apart (default %(default)s)")
-    p.add_argument("--repeat-frames", type=int, default=d.repeat_frames,
-                   help="drop an event within this many frame pairs and --min-distance pixels of a more probable "
-                        "one of the same class (a repeat of it); 0 keeps every peak (default %(default)s)")
-    p.add_argument("--tile", type=int, default=d.tile, help="backbone tile side for large frames (default %(default)s)")
-    p.add_argument("--overlap", type=int, default=d.overlap, help="context pixels around tiles (default %(default)s)")
-    p.add_argument("--batch", type=int, default=None, help="frames per call (default 1 on CPU, 8 on GPU)")
-    p.add_argument("--device", default=d.device, help="auto | cpu | cuda[:N] (default %(default)s)")
-    p.add_argument("--amp", default=d.amp, choices=AMP_MODES, help="mixed precision on GPU (default %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-calibration", action="store_true", help="ignore the bundle's calibration.json")
-    p.add_argument("--no-maps", action="store_true", help="do not keep/write heatmaps.tif (events only)")
+    add_config_options(p, PredictConfig, ["threshold", "min_distance", "repeat_frames", "tile", "overlap", "head_tile", "batch",
+                                          "device", "amp", "method", "pmin", "pmax", "num_threads"],
+                       amp={"choices": AMP_MODES}, method={"choices": METHODS}, num_threads={"flag": "--threads"})
+    add_config_options(p, PredictConfig, ["calibrate", "keep_maps"],
+                       calibrate={"flag": "--no-calibration", "action": "store_false",
+                                  "help": "ignore the bundle's calibration.json"},
+                       keep_maps={"flag": "--no-maps", "action": "store_false",
+                                  "help": "do not keep/write heatmaps.tif (events only)"})
     truth = p.add_mutually_exclusive_group()
     truth.add_argument("--masks", default=None, help="event masks TIFF of the movie: also report precision, recall "
                                                      "and F1 of the events against them (as tapcore evaluate-events)")
@@ -164,18 +149,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frame-tolerance", type=int, default=1, help="check: frames of tolerance (default %(default)s)")
     p.set_defaults(func=cmd_predict)
 
-    e = ExplainConfig()
     p = subparsers.add_parser("explain", help="Grad-CAM map and top-k regions of a frame pair (TAP or event head)",
                               description="TAP bundles: the time arrow (logit of the true order). Event heads: the "
                                           "event evidence summed over the frame, or at --y/--x. Writes cam.tif, "
                                           "cam.png, regions.csv, regions.npz, regions.png, explain.json.")
     p.add_argument("movie", help="movie: TIFF, frame folder or Cell Tracking Challenge folder")
     p.add_argument("--model", required=True, help="TAP or event head bundle folder")
-    p.add_argument("--frame", type=int, required=True, help="frame t (0-based); the pair (t, t+1) is explained")
-    p.add_argument("--k", type=int, default=e.k, help="top regions (paper %(default)s)")
-    p.add_argument("--size", type=int, default=e.size, help="region side in pixels (default %(default)s)")
-    p.add_argument("--y", type=int, default=None, help="event heads: explain the crop pair centred at (y, x)")
-    p.add_argument("--x", type=int, default=None)
-    p.add_argument("--device", default=e.device, help="auto | cpu | cuda[:N] (default %(default)s)")
+    add_config_options(p, ExplainConfig, ["frame", "k", "size", "y", "x", "device", "pmin", "pmax"],
+                       frame={"required": True})
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_explain)

@@ -7,7 +7,12 @@ import os
 import sys
 from pathlib import Path
 
+from tapcore.config import add_config_options
 from tapcore.utils import read_json
+
+#: PretrainConfig fields that are command-line options (unset ones keep the preset's value).
+PRETRAIN_OPTIONS = ("bin", "epochs", "batch_size", "samples_per_epoch", "patch", "lr", "weight_decay", "dt", "seed",
+                    "device", "val_fraction", "val_samples", "max_time_s", "log_every")
 
 
 def _read(path: str, channel, plane):
@@ -28,8 +33,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         cfg = read_json(path)
         if not isinstance(cfg, dict):
             raise ValueError(f"{path} must hold a JSON object of PretrainConfig options")
-    for name in ("epochs", "batch_size", "samples_per_epoch", "patch", "lr", "seed", "device", "val_fraction",
-                 "val_samples", "max_time_s", "weight_decay", "dt", "log_every", "bin"):
+    for name in PRETRAIN_OPTIONS:
         value = getattr(args, name)
         if value is not None:
             cfg[name] = value
@@ -127,6 +131,7 @@ def cmd_content_view(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     from tapcore.presets import PRESET_HELP, PRESETS
+    from tapcore.tap.train import PretrainConfig
 
     p = subparsers.add_parser(
         "pretrain", help="pretrain TAP features on a movie (self-supervised)",
@@ -139,24 +144,12 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output bundle folder (also gets metrics.jsonl and checkpoint/)")
     p.add_argument("--preset", choices=list(PRESETS),
                    help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()) + " (default paper)")
-    p.add_argument("--bin", type=int, choices=(1, 2, 4),
-                   help="average BIN x BIN pixel blocks before training (cpu preset: 2); choose it so that nuclei "
-                        "are about 10-20 px across after binning")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="pairs per step (default 152)")
-    p.add_argument("--samples-per-epoch", dest="samples_per_epoch", type=int, help="pairs per epoch (default 50000)")
-    p.add_argument("--patch", type=int, help="patch size in px (default 96)")
-    p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
-    p.add_argument("--weight-decay", dest="weight_decay", type=float)
-    p.add_argument("--dt", type=int, help="frame distance of a pair (default 1)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--val-fraction", dest="val_fraction", type=float,
-                   help="fraction of the last frames held out when --val is not given (default 0.1)")
-    p.add_argument("--val-samples", dest="val_samples", type=int, help="validation pairs (default 2048)")
-    p.add_argument("--max-time", dest="max_time_s", type=float, metavar="SECONDS",
-                   help="stop after the epoch in which this much training time has passed")
-    p.add_argument("--log-every", dest="log_every", type=int, help=argparse.SUPPRESS)
+    # unset options keep the preset's value; the defaults shown are the paper preset's (PretrainConfig)
+    options = {name: {"default": None} for name in PRETRAIN_OPTIONS}
+    options["bin"]["choices"] = (1, 2, 4)
+    options["max_time_s"].update(flag="--max-time", metavar="SECONDS")
+    options["log_every"]["help"] = argparse.SUPPRESS
+    add_config_options(p, PretrainConfig, PRETRAIN_OPTIONS, **options)
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument("--no-augment", action="store_true", help="no geometric/intensity augmentation (order flip stays)")

@@ -5,7 +5,8 @@ The crop pairs of a criterion are built once (same split for every strategy and 
 differ in the training seed: head initialisation, batch order and, for B and C, the random
 backbone). Frozen features are computed once per backbone and reused: the TAP features serve every
 A run, and the random backbone of repeat r serves both B0 and B1 of that repeat (loops run
-repeat-major so the in-process feature cache keeps them).
+repeat-major so one :class:`~tapcore.events.dense.FeatureCache` of three entries, made here and
+passed to every run, keeps them).
 
 Outputs in ``out_dir``: ``runs.csv`` (one row per run), ``table.csv`` / ``table.md`` / ``table.json``
 (mean ± std of precision and recall per class), and ``runs/<criterion>/<strategy>/r<k>/`` head
@@ -26,10 +27,14 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from tapcore.binning import bin_masks, bin_movie, model_bin
 from tapcore.config import config_to_dict
 from tapcore.events.dataset import CRITERIA, build_crop_pairs
-from tapcore.events.train import STRATEGIES, HeadConfig, prepare_backbone, random_backbone, train_head
+from tapcore.events.dense import FeatureCache
+from tapcore.events.train import STRATEGIES, HeadConfig, HeadInputs, prepare_backbone, train_head
+from tapcore.io import check_masks, normalize_movie
 from tapcore.progress import ProgressFn
+from tapcore.utils import atomic_write_json, atomic_write_text, environment_info, resolve_device, sha256_array
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +81,6 @@ class CompareResult:
 def compare(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | os.PathLike], cfg: CompareConfig,
             out_dir: str | os.PathLike, progress: Optional[ProgressFn] = None) -> CompareResult:
     """Train every (criterion, strategy, repeat) and write the mean ± std tables."""
-    from tapcore.binning import bin_masks, bin_movie, model_bin
-    from tapcore.io import check_masks, normalize_movie
-
     cfg = dataclasses.replace(cfg, strategies=tuple(cfg.strategies), criteria=tuple(cfg.criteria)).validate()
     masks = check_masks(masks, movie)
     out_dir = Path(out_dir)
@@ -88,6 +90,7 @@ def compare(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | os.
     movie_norm = normalize_movie(bin_movie(np.asarray(movie), b), base.pmin, base.pmax)
     binned_masks = bin_masks(masks, b)
     t0 = time.time()
+    features = FeatureCache(size=3)  # TAP features + one random backbone + one spare
     tap_backbone = None
     if any(STRATEGIES[s][0] == "tap" for s in cfg.strategies):
         tap_backbone, tap_cfg = prepare_backbone(dataclasses.replace(base, strategy="A0"), tap_bundle)
@@ -112,8 +115,8 @@ def compare(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | os.
                 else:  # C: a fresh random backbone, trained
                     backbone = None
                 run_dir = out_dir / "runs" / criterion / strategy / f"r{r}"
-                res = train_head(movie, masks, tap_bundle, hcfg, run_dir, None, pairs=pairs, movie_norm=movie_norm,
-                                 backbone=backbone)
+                res = train_head(movie, masks, tap_bundle, hcfg, run_dir, None,
+                                 inputs=HeadInputs(pairs, movie_norm, backbone, features))
                 row = {"criterion": criterion, "strategy": strategy, "head": hcfg.head_name, "repeat": r, "seed": seed,
                        "epochs": hcfg.n_epochs, "train_time_s": res.train_time_s,
                        "train_pos": int((pairs.train.labels > 0).sum()), "test_pos": int((pairs.test.labels > 0).sum())}
@@ -132,6 +135,7 @@ def compare(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | os.
                               **{k: v for k, v in row.items() if k.startswith(("prec_", "rec_"))}})
                 logger.info("compare %s %s r%d: %s", criterion, strategy, r,
                             {k: round(v, 3) for k, v in row.items() if k.startswith(("prec_", "rec_"))})
+    features.clear()
     table, runs, info = _write_tables(rows, n_classes, split_info, cfg, movie, masks, tap_bundle, t0, out_dir)
     return CompareResult(table, runs, out_dir, info)
 
@@ -139,8 +143,6 @@ def compare(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | os.
 def _write_tables(rows: list[dict[str, Any]], n_classes: int, split_info: dict[str, Any], cfg: CompareConfig,
                   movie: np.ndarray, masks: np.ndarray, tap_bundle: Any, t0: float, out_dir: Path):
     """Write runs.csv and table.csv/.md/.json from the runs so far (called after every run)."""
-    from tapcore.utils import atomic_write_json, atomic_write_text, environment_info, resolve_device, sha256_array
-
     runs = pd.DataFrame(rows)
     table = summarise(runs, n_classes)
     info = {

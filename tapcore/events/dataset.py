@@ -420,21 +420,3 @@ def _check_enough(train: CropSet, val: CropSet, test: CropSet, cfg: CropPairConf
     if (train.labels == 0).sum() == 0:
         raise ValueError("every training crop is an event: there are no negative crops; use more pairs per frame "
                          "or criterion size_either")
-
-
-def extract_crops(movie_norm: np.ndarray, coords: np.ndarray, crop: int, margin: int = 0) -> np.ndarray:
-    """Image crop pairs ``(N, 2, 1, crop + 2*margin, crop + 2*margin) float32`` from a normalised movie.
-
-    ``coords (N, 3) [t, y, x]`` are the crops' top-left corners; ``margin`` adds context on each side,
-    zero outside the frame.
-    """
-    coords = np.asarray(coords, np.int64).reshape(-1, 3)
-    t_len, height, width = movie_norm.shape
-    side = crop + 2 * margin
-    out = np.zeros((len(coords), 2, 1, side, side), np.float32)
-    for i, (t, y, x) in enumerate(coords):
-        y0, x0 = y - margin, x - margin
-        ys, xs = max(y0, 0), max(x0, 0)
-        ye, xe = min(y0 + side, height), min(x0 + side, width)
-        out[i, :, 0, ys - y0:ye - y0, xs - x0:xe - x0] = movie_norm[t:t + 2, ys:ye, xs:xe]
-    return out

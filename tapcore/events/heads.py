@@ -17,7 +17,7 @@ Every head has the same structure, which is what makes dense whole-movie predict
 the centre ``crop x crop``, combine over time, flatten, ``fc``.
 
 Border rule: training windows are cut from whole-frame feature maps with zeros outside the frame
-(``tapcore.events.features``). Dense prediction reproduces exactly the same logits when it pads
+(``tapcore.events.dense``). Dense prediction reproduces exactly the same logits when it pads
 each whole-frame feature map with ``margin`` zeros on every side before ``encode`` (BatchNorm in eval
 mode) and correlates the centre of the result with ``kernels()``.
 """
@@ -188,8 +188,3 @@ def build_head(name: str, in_channels: int = 32, n_classes: int = 2, crop: int =
         raise ValueError(f"invalid head size (in_channels={in_channels}, n_classes={n_classes}, crop={crop}); "
                          "need in_channels >= 1, n_classes >= 2, crop >= 1")
     return HEADS[name][0](int(in_channels), int(n_classes), int(crop))
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -5,24 +5,26 @@
 ``(B, 2, C, H, W)``; the head sees the centre ``crop + 2 * head.margin`` window of them.
 ``feature_margin`` is the image context (pixels on each side of the head's window) given to the
 backbone when the model is run on image crops (strategy C, trained end to end); frozen strategies
-(A, B) compute features once per whole frame instead (``tapcore.events.features``), exactly what
+(A, B) compute features once per whole frame instead (``tapcore.events.dense``), exactly what
 whole-movie prediction sees.
 
 The head bundle (``kind="event_head"``) is self-contained: the state dict holds ``backbone.*`` and
 ``head.*``; ``config.json`` holds the TAP config, head name, crop, margins, class names, dataset
-config, split and strategy. :func:`load_event_model` rebuilds the model from it alone.
+config, split and strategy. :func:`event_model_from_config` rebuilds the model from it alone;
+``tapcore.detector.EventDetector.load`` loads a bundle folder with its metadata.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
 
+from tapcore.config import config_from_dict, config_to_dict
 from tapcore.events.heads import EventHead, build_head
+from tapcore.tap.model import TapConfig, TapModel
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +46,11 @@ class EventModel(nn.Module):
         self.backbone = backbone
         self.head = head
         self.feature_margin = int(feature_margin)
-        self.config: dict[str, Any] = {}
-        self.calibration: Optional[dict[str, Any]] = None
 
     @property
     def input_size(self) -> int:
         """Side of the image windows :meth:`forward` expects."""
         return self.head.window + 2 * self.feature_margin
-
-    @property
-    def class_names(self) -> list[str]:
-        names = self.config.get("class_names")
-        return list(names) if names else [str(k) for k in range(self.head.n_classes)]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (B, 2, 1, H, W)`` normalised image pairs -> features ``(B, 2, C, H, W)``."""
@@ -81,11 +76,7 @@ class EventModel(nn.Module):
 
 def tap_config_dict(tap_model: nn.Module) -> dict[str, Any]:
     """The TAP model's config as a plain dict (what an event bundle stores to rebuild the backbone)."""
-    from tapcore.config import config_to_dict
-
     cfg = getattr(tap_model, "cfg", None)
-    if cfg is None:
-        cfg = getattr(tap_model, "config", None)
     if cfg is None:
         raise ValueError("the TAP model carries no config (.cfg); cannot make a self-contained event bundle")
     return config_to_dict(cfg)
@@ -93,9 +84,6 @@ def tap_config_dict(tap_model: nn.Module) -> dict[str, Any]:
 
 def build_backbone(tap_config: dict[str, Any]) -> nn.Module:
     """A fresh (randomly initialised) TAP backbone from a TAP config dict."""
-    from tapcore.config import config_from_dict
-    from tapcore.tap.model import TapConfig, TapModel
-
     return TapModel(config_from_dict(TapConfig, tap_config)).backbone
 
 
@@ -107,26 +95,4 @@ def event_model_from_config(config: dict[str, Any]) -> EventModel:
     backbone = build_backbone(config["tap_config"])
     head = build_head(config["head"], in_channels=int(config["in_channels"]),
                       n_classes=int(config["n_classes"]), crop=int(config["crop"]))
-    model = EventModel(backbone, head, feature_margin=int(config.get("feature_margin", 0)))
-    model.config = dict(config)
-    return model
-
-
-def load_event_model(path: str | os.PathLike, device: str = "cpu") -> EventModel:
-    """Load an ``event_head`` bundle folder as an :class:`EventModel` in eval mode.
-
-    ``.config`` holds the bundle config, ``.calibration`` the calibration dict or None.
-    """
-    from tapcore.bundle import load_bundle
-
-    bundle = load_bundle(path)
-    if bundle.kind != "event_head":
-        raise ValueError(f"{path} is a {bundle.kind!r} bundle, not an event head; "
-                         "pass a folder written by tapcore train-head")
-    model = event_model_from_config(bundle.config)
-    missing, unexpected = model.load_state_dict(bundle.state_dict, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the config (missing {list(missing)[:5]}, "
-                         f"unexpected {list(unexpected)[:5]}); the bundle is corrupt or from another version")
-    model.calibration = bundle.calibration
-    return model.to(device).eval()
+    return EventModel(backbone, head, feature_margin=int(config.get("feature_margin", 0)))

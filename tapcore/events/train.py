@@ -33,6 +33,7 @@ and writes the bundle (``manifest.json`` records ``world_size``); the others wai
 from __future__ import annotations
 
 import dataclasses
+import io as _io
 import logging
 import os
 import time
@@ -46,12 +47,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from tapcore import distributed as ddp
+from tapcore import metrics as M
+from tapcore.binning import bin_masks, bin_movie, model_bin
 from tapcore.config import config_to_dict
-from tapcore.events.dataset import CropPairConfig, CropPairs, CropSet, build_crop_pairs, extract_crops, mine_hard_negatives
-from tapcore.events.features import FeatureConfig, FrameFeatures, frame_features
+from tapcore.detector import EventDetector, TapFeatures
+from tapcore.events.dataset import CropPairConfig, CropPairs, CropSet, build_crop_pairs, mine_hard_negatives
+from tapcore.events.dense import CropSource, FeatureCache, FeatureConfig, FrameFeatures, crop_logits
 from tapcore.events.heads import HEADS, build_head
 from tapcore.events.model import EventModel, build_backbone, tap_config_dict
-from tapcore.progress import ProgressFn
+from tapcore.io import check_masks, check_movie, normalize_movie
+from tapcore.progress import MetricsLog, ProgressFn, chain
+from tapcore.tap.model import TapConfig
+from tapcore.utils import (atomic_write_bytes, atomic_write_text, environment_info, read_json, resolve_device,
+                           seed_everything, sha256_array)
+from tapcore.verdicts import movie_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +90,7 @@ class HeadConfig:
     head: Optional[str] = None  # override the strategy's head ("linear_invariant", "resnet_order", ...); None = 0/1
     epochs: Optional[int] = None  # None = paper default: 10 for linear heads, 30 for ResNet heads
     lr: float = 1e-3  # Adam learning rate (research code)
-    batch_size: int = 108  # research code
+    batch_size: int = 108  # training batch size (research code)
     seed: int = 0  # head init, batch order and (B, C) the random backbone
     device: str = "auto"  # "auto" | "cpu" | "cuda[:N]"
     dataset: CropPairConfig = field(default_factory=CropPairConfig)  # crop, criterion, split, task, ...
@@ -123,11 +132,25 @@ class HeadConfig:
 
 
 @dataclass
+class HeadInputs:
+    """Precomputed inputs of :func:`train_head`, shared by several runs on one movie (``compare``).
+
+    Every field is optional; what is missing is computed from the movie, masks and TAP bundle.
+    ``pairs`` and ``movie_norm`` must already be binned like the TAP bundle (``tapcore.binning``).
+    """
+
+    pairs: Optional[CropPairs] = None  # labelled, split crop pairs
+    movie_norm: Optional[np.ndarray] = None  # (T, Y, X) float32 normalised (binned) movie
+    backbone: Optional[nn.Module] = None  # the strategy's backbone (TAP or random); C trains it
+    feature_cache: Optional[FeatureCache] = None  # frozen strategies: where whole-frame features are kept
+
+
+@dataclass
 class HeadResult:
     """What :func:`train_head` returns (everything is also in the bundle folder)."""
 
     path: Path
-    model: EventModel
+    detector: EventDetector  # the trained model with its bundle metadata
     pairs: CropPairs
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
@@ -139,6 +162,10 @@ class HeadResult:
     test_logits: np.ndarray  # (N_test, K)
     test_labels: np.ndarray  # (N_test,)
     train_time_s: float
+
+    @property
+    def model(self) -> EventModel:
+        return self.detector.model
 
 
 def random_backbone(tap_config: dict[str, Any], seed: int) -> nn.Module:
@@ -153,24 +180,7 @@ def random_backbone(tap_config: dict[str, Any], seed: int) -> nn.Module:
     return backbone
 
 
-class _Source:
-    """Batches of network inputs for crop pairs: feature windows (frozen) or image windows (end to end)."""
-
-    def __init__(self, feats: Optional[FrameFeatures], movie_norm: np.ndarray, crop: int, head_margin: int,
-                 feature_margin: int):
-        self.feats, self.movie_norm = feats, movie_norm
-        self.crop, self.head_margin, self.feature_margin = crop, head_margin, feature_margin
-
-    def __call__(self, coords: np.ndarray, device: str) -> torch.Tensor:
-        if self.feats is not None:
-            x = self.feats.windows(coords, self.crop, self.head_margin)  # (B, 2, C, w, w)
-        else:
-            x = torch.from_numpy(extract_crops(self.movie_norm, coords, self.crop,
-                                               self.head_margin + self.feature_margin))  # (B, 2, 1, w', w')
-        return x.to(device, non_blocking=True)
-
-
-def train_one_epoch(net: nn.Module, source: _Source, coords: np.ndarray, labels: np.ndarray,
+def train_one_epoch(net: nn.Module, source: CropSource, coords: np.ndarray, labels: np.ndarray,
                     opt: torch.optim.Optimizer, batch_size: int, rng: np.random.Generator, device: str,
                     on_step=None, dist_info: ddp.DistInfo = ddp.SINGLE) -> dict[str, float]:
     """One pass over the (shuffled) training pairs; returns mean loss and accuracy.
@@ -201,7 +211,7 @@ def train_one_epoch(net: nn.Module, source: _Source, coords: np.ndarray, labels:
     return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
 
 
-def _train_one_epoch_ddp(net: nn.Module, source: _Source, coords: np.ndarray, labels: np.ndarray,
+def _train_one_epoch_ddp(net: nn.Module, source: CropSource, coords: np.ndarray, labels: np.ndarray,
                          opt: torch.optim.Optimizer, batch_size: int, order: np.ndarray, device: str, on_step,
                          dist_info: ddp.DistInfo) -> dict[str, float]:
     """:func:`train_one_epoch` on this rank's slices of the shared global batches."""
@@ -230,22 +240,8 @@ def _train_one_epoch_ddp(net: nn.Module, source: _Source, coords: np.ndarray, la
     return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
 
 
-@torch.no_grad()
-def evaluate(net: nn.Module, source: _Source, coords: np.ndarray, batch_size: int, device: str) -> np.ndarray:
-    """Logits ``(N, K) float32`` of crop pairs (eval mode)."""
-    net.eval()
-    out = []
-    for i in range(0, len(coords), batch_size):
-        out.append(net(source(coords[i:i + batch_size], device)).float().cpu())
-    k = getattr(net, "n_classes", None) or getattr(getattr(net, "head", None), "n_classes", 2)
-    return torch.cat(out).numpy() if out else np.zeros((0, k), np.float32)
-
-
-def split_metrics(logits: np.ndarray, labels: np.ndarray, frames: np.ndarray, n_classes: int,
-                  class_names: list[str]) -> dict[str, Any]:
+def split_metrics(logits: np.ndarray, labels: np.ndarray, n_classes: int, class_names: list[str]) -> dict[str, Any]:
     """Confusion matrix, per-class precision/recall, loss and accuracy of one split (JSON-able)."""
-    from tapcore import metrics as M
-
     pred = logits.argmax(1) if len(logits) else np.zeros(0, np.int64)
     cm = np.asarray(M.confusion_matrix(labels, pred, n_classes))
     pr = M.per_class_precision_recall(cm)
@@ -275,9 +271,6 @@ def _pr_arrays(pr: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _manifest(movie: np.ndarray, masks: np.ndarray, cfg: HeadConfig, device: str, tap_bundle: Optional[str],
               extra: dict[str, Any]) -> dict[str, Any]:
-    from tapcore.utils import environment_info, read_json, sha256_array
-    from tapcore.verdicts import movie_statistics
-
     tap_id = None
     if tap_bundle and (Path(tap_bundle) / "manifest.json").is_file():
         tap_id = read_json(Path(tap_bundle) / "manifest.json").get("bundle_id")
@@ -298,12 +291,8 @@ def _manifest(movie: np.ndarray, masks: np.ndarray, cfg: HeadConfig, device: str
 def _load_tap(tap_bundle: Optional[str | os.PathLike], device: str) -> tuple[Optional[nn.Module], dict[str, Any]]:
     """The TAP model (or None) and its config dict; default TapConfig when no bundle is given."""
     if tap_bundle is None:
-        from tapcore.tap.model import TapConfig
-
         return None, config_to_dict(TapConfig())
-    from tapcore.bundle import load_tap_model
-
-    tap = load_tap_model(tap_bundle, device="cpu")
+    tap = TapFeatures.load(tap_bundle, device=device).model
     return tap, tap_config_dict(tap)
 
 
@@ -322,8 +311,7 @@ def prepare_backbone(cfg: HeadConfig, tap_bundle: Optional[str | os.PathLike]) -
 
 def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | os.PathLike], cfg: HeadConfig,
                out_dir: str | os.PathLike, progress: Optional[ProgressFn] = None, *,
-               pairs: Optional[CropPairs] = None, movie_norm: Optional[np.ndarray] = None,
-               backbone: Optional[nn.Module] = None) -> HeadResult:
+               inputs: Optional[HeadInputs] = None) -> HeadResult:
     """Train one event head and write a self-contained ``event_head`` bundle to ``out_dir``.
 
     Args:
@@ -334,8 +322,8 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
         cfg: :class:`HeadConfig`.
         out_dir: bundle folder to write.
         progress: callback receiving one dict per epoch (and feature/step records).
-        pairs, movie_norm, backbone: precomputed inputs (``tapcore.events.compare`` reuses them
-            across strategies and repeats); ``pairs`` and ``movie_norm`` must already be binned.
+        inputs: precomputed :class:`HeadInputs` (``tapcore.events.compare`` shares them across
+            strategies and repeats).
 
     Binning: a TAP bundle trained with ``bin > 1`` makes the head work on the movie and masks binned
     the same way (``tapcore.binning``: block-mean movie, block-max masks); crop coordinates, the crop
@@ -345,16 +333,8 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
     Returns:
         :class:`HeadResult` with test metrics and the validation logits for calibration.
     """
-    from tapcore.binning import bin_masks, bin_movie, model_bin
-    from tapcore.bundle import save_bundle
-    from tapcore.io import check_masks, normalize_movie
-    from tapcore.progress import MetricsLog, chain
-    from tapcore.utils import resolve_device, seed_everything, sha256_array
-
     cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset)).validate()
-    movie = np.asarray(movie)
-    if movie.ndim != 3:
-        raise ValueError(f"the movie must be (T, Y, X); got shape {movie.shape}")
+    movie = check_movie(movie, 2, purpose="an event head")
     masks = check_masks(masks, movie)
     device = resolve_device(cfg.device)
     dist_info, device = ddp.setup(device)  # torchrun: join the process group, one GPU per process
@@ -366,6 +346,8 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
     out_dir = Path(out_dir)
     t_start = time.time()
     b = model_bin(tap_bundle)  # the TAP model's binning (1 without a bundle)
+    inputs = inputs or HeadInputs()
+    pairs, movie_norm, backbone = inputs.pairs, inputs.movie_norm, inputs.backbone
     if pairs is None:
         binned_masks = bin_masks(masks, b)
         pairs = build_crop_pairs(binned_masks, cfg.dataset, binned_masks.shape)
@@ -391,7 +373,8 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
 
     feats: Optional[FrameFeatures] = None
     if frozen:
-        feats = frame_features(backbone, movie_norm, f"{sha256_array(movie)}-bin{b}", cfg.features, device, progress)
+        cache = inputs.feature_cache if inputs.feature_cache is not None else FeatureCache(size=1)
+        feats = cache.get(backbone, movie_norm, f"{sha256_array(movie)}-bin{b}", cfg.features, device, progress)
         in_channels = feats.channels
     else:
         with torch.no_grad():
@@ -411,12 +394,12 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
         params = list(model.parameters())
     if device == "cpu":
         net.to(memory_format=torch.channels_last)
-    source = _Source(feats, movie_norm, crop, head.margin, model.feature_margin)
+    source = CropSource(feats, movie_norm, crop, head.margin, model.feature_margin)
     opt = torch.optim.Adam(params, lr=cfg.lr)
     train_net = net
     if dist_info.enabled:  # BatchNorm over the global batch; DDP averages the gradients of the trained part
         ddp.use_global_batchnorm(net)
-        train_net = ddp.ddp_wrap(net, device, dist_info)
+        train_net = ddp.ddp_wrap(net, device)
     epochs = cfg.n_epochs
     history: list[dict[str, Any]] = []
     hard_info: Optional[dict[str, Any]] = None
@@ -442,7 +425,7 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
             model.backbone.eval()
         val_m = None
         if dist_info.main:  # rank 0 validates; the others wait for its figures here
-            val_logits = evaluate(net, source, val_coords_epoch, cfg.eval_batch, device)
+            val_logits = crop_logits(net, source, val_coords_epoch, cfg.eval_batch, device)
             val_m = {"val_loss": float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_labels_epoch))),
                      "val_acc": float((val_logits.argmax(1) == val_labels_epoch).mean())}
         val_m = ddp.broadcast_object(val_m, dist_info)
@@ -466,11 +449,11 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
 
     logits = None
     if dist_info.main:  # the calibration (validation) and test logits: rank 0 only, shared with the others
-        logits = (evaluate(net, source, pairs.test.coords, cfg.eval_batch, device),
-                  evaluate(net, source, pairs.val.coords, cfg.eval_batch, device))
+        logits = (crop_logits(net, source, pairs.test.coords, cfg.eval_batch, device),
+                  crop_logits(net, source, pairs.val.coords, cfg.eval_batch, device))
     test_logits, val_logits = ddp.broadcast_object(logits, dist_info)
-    test_m = split_metrics(test_logits, pairs.test.labels, pairs.test.coords[:, 0], n_classes, pairs.class_names)
-    val_m = split_metrics(val_logits, pairs.val.labels, pairs.val.coords[:, 0], n_classes, pairs.class_names)
+    test_m = split_metrics(test_logits, pairs.test.labels, n_classes, pairs.class_names)
+    val_m = split_metrics(val_logits, pairs.val.labels, n_classes, pairs.class_names)
     per_frame = _per_frame(pairs.test.coords[:, 0], pairs.test.labels, test_logits, movie.shape[0] - 1)
     metrics = {
         "strategy": cfg.strategy,
@@ -512,28 +495,28 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
                           "world_size": int(dist_info.world_size)})
     model.to("cpu")
     model.to(memory_format=torch.contiguous_format)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    model.eval()
+    detector = EventDetector(model, config=config, manifest=manifest, metrics=metrics)
     if dist_info.main:
-        save_bundle(out_dir, kind="event_head", config=config, state_dict=state, metrics=metrics, manifest=manifest)
+        detector.save(out_dir)
         _write_arrays(out_dir, val_logits, pairs.val.labels, test_logits, pairs.test.labels, pairs.test.coords,
                       per_frame)
-    model.config = config
-    model.eval()
     emit({"stage": "train_head", "kind": "done", "epochs": epochs, "elapsed_s": time.time() - t_start,
           "test_precision": test_m["precision"], "test_recall": test_m["recall"]})
     ddp.barrier(dist_info)  # the bundle is complete before any process returns
-    return HeadResult(out_dir, model, pairs, metrics, history, np.asarray(test_m["confusion_matrix"]),
-                      np.asarray(test_m["precision"]), np.asarray(test_m["recall"]), val_logits, pairs.val.labels,
-                      test_logits, pairs.test.labels, train_time)
+    return HeadResult(path=out_dir, detector=detector, pairs=pairs, metrics=metrics, history=history,
+                      confusion=np.asarray(test_m["confusion_matrix"]), precision=np.asarray(test_m["precision"]),
+                      recall=np.asarray(test_m["recall"]), val_logits=val_logits, val_labels=pairs.val.labels,
+                      test_logits=test_logits, test_labels=pairs.test.labels, train_time_s=train_time)
 
 
-def _mine(net: nn.Module, source: _Source, pairs: CropPairs, coords: np.ndarray, labels: np.ndarray,
+def _mine(net: nn.Module, source: CropSource, pairs: CropPairs, coords: np.ndarray, labels: np.ndarray,
           cfg: HeadConfig, device: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Score the training split's negatives with the current head and swap in the hardest ones."""
     pool = pairs.train_pool
     neg = np.flatnonzero(pool.labels == 0)
     prob = np.zeros(len(pool), np.float64)
-    logits = evaluate(net, source, pool.coords[neg], cfg.eval_batch, device)
+    logits = crop_logits(net, source, pool.coords[neg], cfg.eval_batch, device)
     prob[neg] = 1.0 - torch.softmax(torch.from_numpy(logits).double(), dim=1)[:, 0].numpy()
     new, info = mine_hard_negatives(CropSet(coords, labels), pool, prob, float(cfg.hard_negatives), rng)
     logger.info("hard negatives: %s", info)
@@ -542,17 +525,11 @@ def _mine(net: nn.Module, source: _Source, pairs: CropPairs, coords: np.ndarray,
 
 def _per_frame(frames: np.ndarray, labels: np.ndarray, logits: np.ndarray, n_pairs: int):
     """Per-frame distributions of the test set (``tapcore.metrics.per_frame_distributions``), class 1 positive."""
-    from tapcore import metrics as M
-
     pred = logits.argmax(1) if len(logits) else np.zeros(0, np.int64)
     return M.per_frame_distributions(frames, labels, pred, positive=1, all_frames=range(n_pairs))
 
 
 def _write_arrays(out_dir: Path, val_logits, val_labels, test_logits, test_labels, test_coords, per_frame) -> None:
-    import io as _io
-
-    from tapcore.utils import atomic_write_bytes, atomic_write_text
-
     for name, arr in (("val_logits", val_logits.astype(np.float32)), ("val_labels", val_labels.astype(np.int64)),
                       ("test_logits", test_logits.astype(np.float32)), ("test_labels", test_labels.astype(np.int64)),
                       ("test_coords", test_coords.astype(np.int64))):

@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 
 from tapcore.progress import MetricsLog
+from tapcore.runtime import configure_process
 from tapcore.utils import (DiskFullError, atomic_write_json, disk_full_message, is_disk_full, read_json,
                            remove_stale_temporaries)
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m tapcore.jobs.run_job RUN_DIR", file=sys.stderr)
         return 2
     run_dir = Path(argv[0]).resolve()
+    configure_process()  # before the task imports torch (the worker's environment usually set it already)
     logging.basicConfig(
         stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -92,7 +94,7 @@ def judge(kind: str, run_dir: Path, outputs: dict) -> dict:
     from tapcore.verdicts import Verdict, job_verdicts, worst
 
     try:
-        verdicts = job_verdicts(kind, run_dir, outputs)
+        verdicts = job_verdicts(kind, run_dir)
     except (ValueError, KeyError, TypeError, OSError) as exc:  # judging must not turn a finished job into a failed one
         logger.exception("could not judge the result of this job")
         verdicts = [Verdict("warn", "not judged", f"The result could not be checked ({exc}).",

@@ -112,15 +112,13 @@ def task_train_head(params: dict[str, Any], run_dir: Path, progress: ProgressFn)
     cfg = _config(HeadConfig, params)
     out = run_dir / "model"
     _record_inputs(run_dir, dataset=dataset.meta, tap_model=str(tap_path), config=params.get("config") or {})
-    train_head(movie, masks, tap_path, cfg, out, progress=progress)
+    result = train_head(movie, masks, tap_path, cfg, out, progress=progress)
     outputs = {"model": "model"}
     from tapcore.distributed import env_world
 
     world = env_world()  # under torchrun (multi-GPU Slurm job) rank 0 alone calibrates the bundle it wrote
     if params.get("calibrate", True) and (world is None or world[0] == 0):
-        from tapcore.calibration import calibrate_bundle
-
-        calibrate_bundle(out, movie=movie, masks=masks, device=job_device(), progress=progress)
+        result.detector.calibrate(movie, masks, device=job_device(), progress=progress)
         outputs["calibration"] = "model/calibration.json"
     return outputs
 
@@ -133,9 +131,9 @@ def task_calibrate(params: dict[str, Any], run_dir: Path, progress: ProgressFn) 
     if masks is None:
         raise ValueError("calibration needs a dataset with event masks; pick one that has them")
     movie = ws.load_movie(params["dataset"])
-    from tapcore.calibration import calibrate_bundle
+    from tapcore.detector import EventDetector
 
-    calibrate_bundle(path, movie=movie, masks=masks, device=job_device(), progress=progress)
+    EventDetector.load(path).calibrate(movie, masks, device=job_device(), progress=progress)
     return {"calibration": str(path / "calibration.json")}
 
 
@@ -145,11 +143,12 @@ def task_predict(params: dict[str, Any], run_dir: Path, progress: ProgressFn) ->
     dataset = ws.dataset(params["dataset"])
     path = ws.resolve_model(params["model"])
     movie = ws.load_movie(dataset.id)
-    from tapcore.predict import PredictConfig, predict_movie, write_prediction
+    from tapcore.detector import EventDetector
+    from tapcore.predict import PredictConfig, write_prediction
 
     cfg = _config(PredictConfig, params)
     _record_inputs(run_dir, dataset=dataset.meta, model=str(path), config=params.get("config") or {})
-    pred = predict_movie(movie, path, cfg, progress=progress)
+    pred = EventDetector.load(path).predict(movie, cfg, progress=progress)
     with atomic_dir(run_dir / "prediction") as tmp:  # all files or none: never a half-written prediction
         write_prediction(pred, tmp)
     return {"prediction": "prediction"}

@@ -25,6 +25,8 @@ import pandas as pd
 import torch
 
 from tapcore.config import config_to_dict
+from tapcore.detector import TapFeatures
+from tapcore.io import normalization
 from tapcore.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
@@ -153,14 +155,10 @@ def content_view(movie: np.ndarray, model: Any, cfg: Optional[ContentViewConfig]
 
     pmin, pmax, model_id, b = 1.0, 99.8, None, 1
     if isinstance(model, (str, os.PathLike)):
-        from tapcore.bundle import load_bundle, load_tap_model
-
-        bundle_config = load_bundle(model, kind="tap").config
-        b = model_bin(bundle_config)  # a binned model sees the movie binned the same way
-        norm = bundle_config.get("normalize") or {}
-        pmin, pmax = float(norm.get("pmin", pmin)), float(norm.get("pmax", pmax))
-        model = load_tap_model(model, device)
-        model_id = getattr(model, "bundle_id", None)
+        tap = TapFeatures.load(model, device)
+        b = model_bin(tap.config)  # a binned model sees the movie binned the same way
+        pmin, pmax = normalization(tap.config)
+        model, model_id = tap.model, tap.id
     model = model.to(device).eval()
     movie = np.asarray(movie)
     if movie.ndim != 3:

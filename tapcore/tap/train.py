@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from tapcore import distributed as ddp
-from tapcore.config import config_from_dict, config_to_dict
+from tapcore.config import config_to_dict
 from tapcore.progress import MetricsLog, ProgressFn, chain
 from tapcore.tap.data import AugmentConfig, PairSampler, extract_pairs, flip_order, sample_pair_coords
 from tapcore.tap.loss import tap_loss
@@ -464,7 +464,7 @@ def pretrain(movie: np.ndarray, cfg: Optional[PretrainConfig] = None, out_dir: s
         forward = eval_forward = torch.compile(model.forward_with_features)  # state dict keys stay unchanged
     if dist_info.enabled:  # BatchNorm over the global batch; DDP averages the gradients
         ddp.use_global_batchnorm(model)
-        forward = ddp.ddp_wrap(ddp.FeaturesForward(model), device, dist_info)
+        forward = ddp.ddp_wrap(ddp.FeaturesForward(model), device)
         if cfg.compile and device.startswith("cuda"):
             forward = torch.compile(forward)
 
@@ -532,8 +532,3 @@ def pretrain(movie: np.ndarray, cfg: Optional[PretrainConfig] = None, out_dir: s
                 "elapsed_s": time.time() - t_start, "val_acc": final.get("val_acc")})
     ddp.barrier(dist_info)  # the bundle is complete before any process returns
     return PretrainResult(out_dir=out_dir, model=model, history=history, metrics=metrics)
-
-
-def config_from_bundle(config: dict[str, Any]) -> PretrainConfig:
-    """The :class:`PretrainConfig` stored in a TAP bundle's config dict."""
-    return config_from_dict(PretrainConfig, config.get("pretrain") or {})
