@@ -135,7 +135,8 @@ def test_binned_prediction_reports_original_coordinates(bin_, spot):
     # a peaked 5x5 bright spot centred at (cy, cx) (over 0.2% of the frame, so the 99.8th percentile is in it)
     for r, value in ((2, 300), (1, 600), (0, 1000)):
         movie[:, max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1] = value
-    pred = predict_movie(movie, _bright_spot_model(bin_), PredictConfig(threshold=0.5, min_distance=8))
+    # repeat_frames=0: the spot sits still, so each frame pair keeps its own event (no repeats dropped)
+    pred = predict_movie(movie, _bright_spot_model(bin_), PredictConfig(threshold=0.5, min_distance=8, repeat_frames=0))
     assert pred.prob_maps.shape == (2, height, width)  # original size, whatever the bin
     assert pred.record["bin"] == bin_ and pred.record["binned_shape"] == list(binned_shape(movie.shape, bin_))
     assert len(pred.events) == 2  # one event per frame pair, at the spot
