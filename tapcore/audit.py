@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tapcore.access import AccessDenied, User
+from tapcore.utils import create_file
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class AuditLog:
     def __init__(self, home: str | os.PathLike):
         self.path = Path(home) / "audit.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        create_file(self.path)  # the lab's group reads the trail's file under TAPCORE_UMASK=0002 (admins via the app)
         con = self._connect()
         try:
             con.executescript(_SCHEMA)

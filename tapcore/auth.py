@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from tapcore.access import LOCAL_ADMIN, ROLES, User, check_name
+from tapcore.utils import create_file
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class UserStore:
         self.path = Path(home) / "users.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.clock, self.max_fails, self.lock_s = clock, int(max_fails), float(lock_s)
+        create_file(self.path, 0o600)  # password hashes: the service's user only, whatever the umask
         con = self._connect()
         try:
             con.executescript(_SCHEMA)

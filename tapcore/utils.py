@@ -167,6 +167,16 @@ def apply_umask_from_env(environ: dict[str, str] | None = None) -> int | None:
     return mask
 
 
+def create_file(path: str | os.PathLike, mode: int = 0o666) -> None:
+    """Create an empty file with ``mode`` under the process umask unless it exists (SQLite makes new
+    databases 0644 whatever the umask: creating the file first gives it the lab's group under 0002, or
+    keeps it private with ``mode=0o600``). An empty file is a valid new SQLite database."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+    except FileExistsError:
+        pass
+
+
 def chmod_as_created(path: str | os.PathLike) -> None:
     """Give ``path`` the mode a plain ``open``/``mkdir`` would have given it under the current umask.
 

@@ -38,12 +38,12 @@ def unseen():
     return make_synthetic(SynthConfig(seed=1))
 
 
-# Measured on the shipped model (bench/demo_quality.py, docs/results.md "Demo model"): 74 of 84
-# divisions found (recall 0.881) among 484 division events, strict F1 0.261. The head finds the
-# divisions but also fires on many nuclei that are not dividing; these bounds (with margin) keep
-# what it does and catch a model that finds nothing or floods the movie.
-MIN_DIVISION_RECALL = 0.75
-MIN_DIVISION_F1 = 0.20
+# Measured on the shipped model (bench/demo_quality.py, docs/results.md "Demo model"): 60 of 84
+# divisions found (recall 0.714) among 106 division events, strict F1 0.632 (the previous demo, on
+# whole-crop labels and without dropping repeats: 0.261 among 484). These bounds (with margin) keep what
+# it does and catch a model that finds nothing or floods the movie again.
+MIN_DIVISION_RECALL = 0.60
+MIN_DIVISION_F1 = 0.50
 
 
 @pytest.mark.slow  # long training / many runs: CI only

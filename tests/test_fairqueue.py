@@ -174,15 +174,23 @@ def test_cli_limits_set_show_and_a_refused_submit(tmp_path, monkeypatch, capsys)
                        'ann: {"max_jobs": 1, "max_running": 2, "max_disk_gb": null}']
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(_spec("x")))
-    assert main(["submit", str(spec), "--owner", "ann"]) == 0
+
+    def submit_as_ann() -> int:  # the CLI acts as $TAPCORE_USER (the admin's commands run without it)
+        monkeypatch.setenv("TAPCORE_USER", "ann")
+        try:
+            return main(["submit", str(spec)])
+        finally:
+            monkeypatch.delenv("TAPCORE_USER")
+
+    assert submit_as_ann() == 0
     spec.write_text(json.dumps(_spec("y")))
     capsys.readouterr()
-    assert main(["submit", str(spec), "--owner", "ann"]) == 2
+    assert submit_as_ann() == 2
     assert "the limit max_jobs for ann is 1" in capsys.readouterr().err
     assert main(["limits", "set", "ann"]) == 2
     assert "give at least one of --max-jobs" in capsys.readouterr().err
     assert main(["limits", "clear", "ann"]) == 0
-    assert main(["submit", str(spec), "--owner", "ann"]) == 0
+    assert submit_as_ann() == 0
 
 
 # -- GPUs ---------------------------------------------------------------------------------------------------

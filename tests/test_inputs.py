@@ -325,9 +325,9 @@ def test_file_names_are_stored_under_safe_names(tmp_path, name, shown):
     assert info.name == shown and info.meta["original_file"] == name
     assert info.path.parent == ws.datasets_dir and (info.path.name[0].isalnum())
     assert all(ch.isascii() and (ch.isalnum() or ch in "-_.") for ch in info.id)
-    assert sorted(p.name for p in info.path.iterdir()) == ["meta.json", "movie.tif"]
-    # nothing was written outside the workspace's datasets folder
-    assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == ["datasets", "models", "runs"]
+    assert sorted(p.name for p in info.path.iterdir()) == ["access.json", "meta.json", "movie.tif"]
+    # nothing was written outside the workspace (its folders and the audit trail of the upload)
+    assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == ["audit.sqlite", "datasets", "models", "runs"]
     assert not (tmp_path / "etc").exists()
 
 

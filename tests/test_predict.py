@@ -179,7 +179,7 @@ def test_drop_repeats_keeps_the_most_probable_event_of_each_neighbourhood():
 
 
 def test_predict_movie_drops_repeats_across_frame_pairs():
-    model = _model("resnet", 48)
+    model = _detector(_model("resnet", 48))
     movie = (np.random.default_rng(5).random((4, 64, 70)) * 1000).astype(np.uint16)
     every = predict_movie(movie, model, PredictConfig(threshold=0.0, min_distance=10, repeat_frames=0))
     kept = predict_movie(movie, model, PredictConfig(threshold=0.0, min_distance=10, repeat_frames=1))

@@ -125,3 +125,15 @@ def test_a_bad_tapcore_umask_is_one_clear_error(tmp_path):
                        timeout=120, cwd=tmp_path)
     assert r.returncode == 2
     assert "TAPCORE_UMASK='rw-r--r--' is not an octal umask" in r.stderr
+
+
+def test_the_accounts_file_stays_private_under_the_labs_umask(tmp_path):
+    """users.sqlite holds password hashes: 0600 even where everything else is opened to the lab's group."""
+    from tapcore.auth import UserStore
+
+    old = os.umask(0o002)
+    try:
+        store = UserStore(tmp_path)
+    finally:
+        os.umask(old)
+    assert _mode(store.path) == 0o600

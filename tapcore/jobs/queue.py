@@ -38,7 +38,7 @@ from typing import Any, Iterator
 
 from tapcore import audit
 from tapcore.access import AccessDenied, User, can_read, check_change, check_read, run_access, write_access
-from tapcore.utils import DiskFullError, atomic_write_json, explain_disk_full, read_json
+from tapcore.utils import DiskFullError, atomic_write_json, create_file, explain_disk_full, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -197,10 +197,7 @@ class JobQueue:
         Switching a fresh database to WAL can fail at once with "database is locked" (SQLite's busy
         handler does not cover it) when two processes open a new workspace together: retry it.
         """
-        try:  # create it ourselves: SQLite makes new databases 0644 whatever the umask (0664 under 0002)
-            os.close(os.open(self.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            pass  # an empty file is a valid new database; its -wal/-shm files get its mode
+        create_file(self.db_path)  # under the umask (0664 under 0002); its -wal/-shm files get its mode
         deadline = time.monotonic() + BUSY_TIMEOUT_S
         while True:
             try:
