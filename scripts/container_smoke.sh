@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Container deploy smoke: build the image from ./Dockerfile and run it the way a lab does on its GPU box
-# (published port, named volume at /workspace, an extra worker added with exec), then check it.
+# (published port, named volume at /workspace, an admin account and an extra worker added with exec),
+# then check it.
 #
 #   scripts/container_smoke.sh            # about 10 min with a cached image, about 30 min from scratch
 #
@@ -11,7 +12,12 @@
 # The commands are README's Docker section with podman for docker:
 #   podman build --build-arg BASE=... -t tapcore .
 #   podman run -d --name tapcore -p 8501:8501 -v tapcore-workspace:/workspace tapcore
+#   printf '%s\n' "$PW" | podman exec -i tapcore tapcore users add NAME --role admin --password-stdin
 #   podman exec -d tapcore tapcore worker --device cpu        # a lab's second GPU: --device cuda:1
+# The image listens on 0.0.0.0, so the app serves only the sign-in form (and, before the first account,
+# only its refusal): the browser signs in with that admin account (a random password made here, handed to
+# the browser script in $TAPCORE_SMOKE_PASSWORD), and the shell's `tapcore jobs` acts as it
+# (-e TAPCORE_USER=NAME).
 # A lab's box adds the GPU flag to `run` (docker: --gpus all; podman with the NVIDIA CDI spec:
 # --device nvidia.com/gpu=all). This machine has no GPU, so the smoke runs without it and the workers
 # use the CPU.
@@ -37,6 +43,8 @@ URL=http://127.0.0.1:$PORT
 LAB_UID=1000   # the image's user (build arg TAPCORE_UID)
 LAB_GID=4242   # the lab's group (build arg TAPCORE_GID)
 OTHER_UID=2001 # another member of the lab's group (not the app's user)
+ADMIN=smoke-admin  # the lab's admin account, added in the running container
+ADMIN_PW=$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24)
 STATE=/var/tmp/tapcore-smoke
 SHOTS=test-artifacts/container-smoke
 PIP_CERT=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
@@ -51,7 +59,7 @@ PASSES=()
 pass() { echo "PASS  $1: $2"; PASSES+=("$1"); }
 fail() { echo "FAIL  $1: $2"; FAILED=$((FAILED + 1)); }
 log() { echo "[$(date -u +%H:%M:%S) +$(( $(date +%s) - T0 ))s] $*"; }
-in_ctr() { podman exec "$NAME" "$@"; }
+in_ctr() { podman exec -e "TAPCORE_USER=$ADMIN" "$NAME" "$@"; }  # the CLI acts as the admin account
 
 finish() {
   local secs=$(( $(date +%s) - T0 ))
@@ -140,9 +148,21 @@ else
   finish
 fi
 
+# -- sign-in: the lab's admin account, added in the running container ---------------------------------
+log "printf '%s\n' \"\$PW\" | podman exec -i $NAME tapcore users add $ADMIN --role admin --password-stdin"
+if ! USERS_ADD=$(printf '%s\n' "$ADMIN_PW" | podman exec -i "$NAME" tapcore users add "$ADMIN" --role admin \
+       --password-stdin 2>&1); then
+  echo "$USERS_ADD" | tail -5
+  fail "setup" "tapcore users add $ADMIN --role admin --password-stdin failed in the container"
+  finish
+fi
+log "$(echo "$USERS_ADD" | tail -1); accounts: $(in_ctr tapcore users list 2>&1 | tail -n +2 | tr -s ' ' | tr '\n' ';')"
+export TAPCORE_SMOKE_PASSWORD=$ADMIN_PW  # read by the browser script (not on its command line)
+
 # -- in the page: the demo Predict page, a pretraining job submitted there ---------------------------
-log "headless Chromium: demo Predict page, then a quick pretraining job submitted on the Pretrain page"
-"$PYTHON" scripts/container_smoke_browser.py --url "$URL" --phase first --shots "$SHOTS" > "$STATE/browser1.log" 2>&1
+log "headless Chromium: the sign-in form unauthenticated; signed in as $ADMIN: demo Predict page, then a quick pretraining job submitted on the Pretrain page"
+"$PYTHON" scripts/container_smoke_browser.py --url "$URL" --user "$ADMIN" --phase first --shots "$SHOTS" \
+  > "$STATE/browser1.log" 2>&1
 grep -E '^(PASS|FAIL)  ' "$STATE/browser1.log" | while IFS= read -r line; do echo "$line"; done
 N_PASS=$(grep -c '^PASS  ' "$STATE/browser1.log"); N_FAIL=$(grep -c '^FAIL  ' "$STATE/browser1.log")
 for _ in $(seq "$N_PASS"); do PASSES+=(browser); done
@@ -273,9 +293,9 @@ else
        "status after stop '$STOPPED', pid $PID1 -> $PID2, $HEALTH2; $RESTART_OK"
 fi
 
-log "headless Chromium after the restart: Jobs page, Predict page"
-"$PYTHON" scripts/container_smoke_browser.py --url "$URL" --phase after-restart --job "$JOB" --shots "$SHOTS" \
-  > "$STATE/browser2.log" 2>&1
+log "headless Chromium after the restart, signed in as $ADMIN: Jobs page, Predict page"
+"$PYTHON" scripts/container_smoke_browser.py --url "$URL" --user "$ADMIN" --phase after-restart --job "$JOB" \
+  --shots "$SHOTS" > "$STATE/browser2.log" 2>&1
 grep -E '^(PASS|FAIL)  ' "$STATE/browser2.log"
 N_PASS=$(grep -c '^PASS  ' "$STATE/browser2.log"); N_FAIL=$(grep -c '^FAIL  ' "$STATE/browser2.log")
 for _ in $(seq "$N_PASS"); do PASSES+=(browser); done

@@ -1,11 +1,20 @@
 """In-page part of scripts/container_smoke.sh: drive the app served by the container in headless Chromium.
 
-    python scripts/container_smoke_browser.py --url http://127.0.0.1:18501 --phase first
-    python scripts/container_smoke_browser.py --url http://127.0.0.1:18501 --phase after-restart --job ID
+    TAPCORE_SMOKE_PASSWORD=... python scripts/container_smoke_browser.py --url http://127.0.0.1:18501 \
+        --user smoke-admin --phase first
+    TAPCORE_SMOKE_PASSWORD=... python scripts/container_smoke_browser.py --url http://127.0.0.1:18501 \
+        --user smoke-admin --phase after-restart --job ID
 
-``first``: the demo Predict page (the app's home page) renders its heatmap viewer; a quick pretraining
-job submitted on the Pretrain page finishes there, and its features are kept as model ``smoke-tap``.
-``after-restart``: the Jobs page still shows that job finished, and the Predict page still renders.
+The container listens on 0.0.0.0, so the app asks for sign-in: the shell script adds the admin account
+(``tapcore users add NAME --role admin --password-stdin`` in the container) and hands its password in
+``$TAPCORE_SMOKE_PASSWORD`` (not on the command line). Sign-in lasts for the browser tab's session, so
+every page opened by URL signs in again (the page in the URL is kept).
+
+``first``: an unauthenticated visit sees only the sign-in form (no page list); signed in, the demo
+Predict page (the app's home page) renders its heatmap viewer; a quick pretraining job submitted on
+the Pretrain page finishes there, and its features are kept as model ``smoke-tap``.
+``after-restart``: signed in again, the Jobs page still shows that job finished, and the Predict page
+still renders.
 Prints one ``PASS  <check>: <detail>`` or ``FAIL  <check>: <detail>`` line per check, a last line
 ``RESULT {json}`` for the shell script, and exits 1 when a check failed. Screenshots go to --shots.
 """
@@ -14,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -73,9 +83,62 @@ class Checks:
             pass
 
 
-def predict_page(page, url: str, checks: Checks, tag: str):
+def h1s(page) -> list[str]:
+    return [h.inner_text().strip() for h in page.query_selector_all("h1")]
+
+
+def unauthenticated(page, url: str, checks: Checks):
+    """Without signing in, every URL shows the sign-in form only: no page list, no page content."""
     def fn():
-        page.goto(f"{url}/")  # the app opens on Predict; the demo movie and shipped model on a fresh workspace
+        seen = []
+        for path in ("", "jobs", "pretrain"):
+            page.goto(f"{url}/{path}")
+            page.get_by_role("heading", name="Sign in", exact=True).first.wait_for(timeout=300_000)
+            settle(page, timeout=300)
+            body = page.inner_text("body")
+            if "refuses to serve" in body:
+                raise AssertionError(f"/{path}: the app refuses to serve (no account?): {body[:200]!r}")
+            if h1s(page) != ["Sign in"]:
+                raise AssertionError(f"/{path}: headings {h1s(page)}, expected only 'Sign in'")
+            if page.query_selector('[data-testid="stSidebarNav"]') is not None:
+                raise AssertionError(f"/{path}: the page list (sidebar navigation) is shown")
+            for leak in ("Heatmap viewer", "Start pretraining", "worker(s)", "Signed in as"):
+                if leak in body:
+                    raise AssertionError(f"/{path}: the page shows {leak!r} before sign-in")
+            page.get_by_label("User name").first.wait_for(timeout=60_000)
+            page.get_by_label("Password", exact=True).first.wait_for(timeout=60_000)
+            seen.append(f"/{path}")
+        checks.shot(page, "sign-in")
+        return (f"{', '.join(seen)}: only the 'Sign in' heading with the user name / password form, "
+                "no page navigation, no page content")
+    return fn
+
+
+def open_signed_in(page, url: str, path: str, user: str, password: str) -> None:
+    """Open ``url/path`` in this tab and sign in there (a page opened by URL is a new session)."""
+    page.goto(f"{url}/{path}")
+    page.get_by_role("heading", name="Sign in", exact=True).first.wait_for(timeout=300_000)
+    settle(page, timeout=300)
+    page.get_by_label("User name").first.fill(user)
+    page.get_by_label("Password", exact=True).first.fill(password)
+    page.get_by_role("button", name="Sign in").first.click(timeout=120_000)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        body = page.inner_text("body")
+        if "Not signed in:" in body:
+            line = next(ln for ln in body.splitlines() if "Not signed in:" in ln)
+            raise AssertionError(f"sign-in as {user} refused on /{path}: {line.strip()}")
+        if f"Signed in as {user}" in body and "Sign in" not in h1s(page):
+            settle(page, timeout=300)
+            return
+        page.wait_for_timeout(500)
+    raise TimeoutError(f"no 'Signed in as {user}' within 300 s after signing in on /{path}")
+
+
+def predict_page(page, url: str, checks: Checks, tag: str, user: str, password: str):
+    def fn():
+        # the app opens on Predict; the demo movie and shipped model on a fresh workspace
+        open_signed_in(page, url, "", user, password)
         page.get_by_role("heading", name="Predict", exact=True).first.wait_for(timeout=120_000)
         wait_text(page, "Heatmap viewer", 600)  # first visit: the prediction is computed in the page
         settle(page, timeout=300)
@@ -87,13 +150,14 @@ def predict_page(page, url: str, checks: Checks, tag: str):
         n_events = page.get_by_test_id("stMetric").filter(has_text="Events at this threshold") \
             .get_by_test_id("stMetricValue").inner_text()
         checks.shot(page, f"predict-{tag}")
-        return f"heatmap viewer of the demo movie + shipped model, {n_events} events at the default threshold"
+        return (f"signed in as {user}: heatmap viewer of the demo movie + shipped model, "
+                f"{n_events} events at the default threshold")
     return fn
 
 
-def pretrain_in_page(page, url: str, checks: Checks):
+def pretrain_in_page(page, url: str, checks: Checks, user: str, password: str):
     def fn():
-        page.goto(f"{url}/pretrain")
+        open_signed_in(page, url, "pretrain", user, password)
         # on a loaded machine the page can take minutes to draw its form (skeletons first): wait for the
         # widgets themselves, not only for an idle moment
         settings = page.get_by_label("Settings", exact=True).first
@@ -123,17 +187,17 @@ def pretrain_in_page(page, url: str, checks: Checks):
         settle(page)
         checks.result["model"] = MODEL_NAME
         checks.shot(page, "pretrain")
-        return f"job {job} done {took:.0f} s after it was queued in the page; kept as saved:{MODEL_NAME}"
+        return (f"signed in as {user}: job {job} done {took:.0f} s after it was queued in the page; "
+                f"kept as saved:{MODEL_NAME}")
     return fn
 
 
-def job_page(page, url: str, job: str):
+def job_page(page, url: str, job: str, user: str, password: str):
     def fn():
-        page.goto(f"{url}/jobs?job={job}")
-        settle(page)
+        open_signed_in(page, url, f"jobs?job={job}", user, password)  # the deep link survives the sign-in
         wait_text(page, "One job", 120)
         page.get_by_test_id("stProgress").filter(has_text="Finished").first.wait_for(timeout=120_000)
-        return f"the Jobs page shows job {job} finished"
+        return f"signed in as {user}: the Jobs page shows job {job} finished"
     return fn
 
 
@@ -143,7 +207,12 @@ def main() -> int:
     ap.add_argument("--phase", choices=("first", "after-restart"), required=True)
     ap.add_argument("--job", help="(after-restart) the job id finished in the first phase")
     ap.add_argument("--shots", default="test-artifacts/container-smoke", help="screenshot folder")
+    ap.add_argument("--user", required=True, help="the admin account the shell script added (password in "
+                                                  "$TAPCORE_SMOKE_PASSWORD)")
     args = ap.parse_args()
+    password = os.environ.get("TAPCORE_SMOKE_PASSWORD", "")
+    if not password:
+        ap.error("set TAPCORE_SMOKE_PASSWORD to the password of --user")
 
     from playwright.sync_api import sync_playwright
 
@@ -153,17 +222,20 @@ def main() -> int:
                                     args=["--headless", "--no-sandbox", "--disable-gpu",
                                           "--disable-background-networking"])
         page = browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
+        user = args.user
         try:
             if args.phase == "first":
+                checks.run("unauthenticated visit sees only the sign-in form", page,
+                           unauthenticated(page, args.url, checks))
                 checks.run("demo Predict page renders in headless Chromium", page,
-                           predict_page(page, args.url, checks, "first"))
+                           predict_page(page, args.url, checks, "first", user, password))
                 checks.run("pretraining job submitted in the page finishes", page,
-                           pretrain_in_page(page, args.url, checks))
+                           pretrain_in_page(page, args.url, checks, user, password))
             else:
                 checks.run("after restart: the finished job is on the Jobs page", page,
-                           job_page(page, args.url, args.job))
+                           job_page(page, args.url, args.job, user, password))
                 checks.run("after restart: the demo Predict page renders", page,
-                           predict_page(page, args.url, checks, "after-restart"))
+                           predict_page(page, args.url, checks, "after-restart", user, password))
         finally:
             browser.close()
     print("RESULT " + json.dumps(checks.result), flush=True)
