@@ -215,19 +215,22 @@ fi
 
 # -- files on the workspace volume are readable by the lab's group ------------------------------------
 # checked as another member of the lab's group (uid 2001, gid 4242): every file readable, every folder
-# listable, everything in the lab's group
+# listable, everything in the lab's group; except the accounts file (password hashes), which must stay
+# private to the service user
 N_FILES=$(in_ctr find /workspace -type f | grep -c .)
 UNREADABLE=$(podman exec --user "$OTHER_UID:$LAB_GID" "$NAME" \
-  find /workspace \( -type f ! -readable \) -o \( -type d \( ! -readable -o ! -executable \) \) -print 2>&1 | head -5)
+  find /workspace \( \( -type f ! -readable ! -name 'users.sqlite*' \) -o \
+  \( -type d \( ! -readable -o ! -executable \) \) \) -print 2>&1 | head -5)
+LEAKED=$(podman exec --user "$OTHER_UID:$LAB_GID" "$NAME" find /workspace -name 'users.sqlite*' -readable -print 2>&1 | head -3)
 FOREIGN=$(in_ctr find /workspace ! -group "$LAB_GID" -print | head -5)
 MODES=$(in_ctr sh -c "stat -c '%A %G %n' /workspace /workspace/jobs.sqlite /workspace/datasets/demo/movie.tif \
   /workspace/runs/$JOB/spec.json /workspace/models/smoke-tap/weights.pt 2>&1" | tr '\n' ';')
-if [ "$N_FILES" -ge 10 ] && [ -z "$UNREADABLE" ] && [ -z "$FOREIGN" ]; then
+if [ "$N_FILES" -ge 10 ] && [ -z "$UNREADABLE" ] && [ -z "$FOREIGN" ] && [ -z "$LEAKED" ]; then
   pass "workspace files readable by the lab's group" \
-       "all $N_FILES files readable by uid $OTHER_UID in gid $LAB_GID, all in group $LAB_GID; $MODES"
+       "all $N_FILES files but users.sqlite readable by uid $OTHER_UID in gid $LAB_GID, all in group $LAB_GID; users.sqlite private; $MODES"
 else
   fail "workspace files readable by the lab's group" \
-       "$N_FILES files; unreadable: ${UNREADABLE:-none}; not in group $LAB_GID: ${FOREIGN:-none}; $MODES"
+       "$N_FILES files; unreadable: ${UNREADABLE:-none}; not in group $LAB_GID: ${FOREIGN:-none}; accounts readable: ${LEAKED:-none}; $MODES"
 fi
 
 # -- stop + start: datasets, models and finished jobs are still there ----------------------------------
