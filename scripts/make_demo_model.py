@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tapcore.events.calibrate import calibrate_bundle
+    from tapcore.utils import chmod_as_created
     from tapcore.config import config_from_dict
     from tapcore.events.train import HeadConfig, train_head
     from tapcore.synthetic import SynthConfig, make_synthetic
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out)
         shutil.copytree(tmp / "head", out)
         shutil.copytree(tmp / "tap", out / "tap")
+    for folder in (out, out / "tap"):  # bundle folders written through mkdtemp are private (0700): open them
+        chmod_as_created(folder)  # as a plain mkdir would (the image and other users read models/demo)
     too_big = [p for p in out.rglob("*") if p.is_file() and p.stat().st_size > MAX_FILE_BYTES]
     if too_big:
         raise SystemExit(f"files over 2 MiB in {out}: {too_big}; make SMALL_TAP smaller")
