@@ -146,7 +146,9 @@ def predict_page(page, url: str, checks: Checks, tag: str, user: str, password: 
         if "You are looking at the demo" not in body:
             raise AssertionError("the Predict page does not show the demo movie with the shipped model")
         if "Traceback" in body or page.get_by_test_id("stException").count():
-            raise AssertionError("the page shows an exception")
+            exc = page.get_by_test_id("stException")
+            text = exc.first.inner_text() if exc.count() else body[body.find("Traceback"):]
+            raise AssertionError("the page shows an exception: " + " ".join(text.split())[:600])
         n_events = page.get_by_test_id("stMetric").filter(has_text="Events at this threshold") \
             .get_by_test_id("stMetricValue").inner_text()
         checks.shot(page, f"predict-{tag}")

@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out)
         shutil.copytree(tmp / "head", out)
         shutil.copytree(tmp / "tap", out / "tap")
-    for folder in (out, out / "tap"):  # bundle folders written through mkdtemp are private (0700): open them
-        chmod_as_created(folder)  # as a plain mkdir would (the image and other users read models/demo)
+    for path in (out, *out.rglob("*")):  # what was written through mkstemp/mkdtemp is private (0600/0700):
+        chmod_as_created(path)  # open it as a plain open/mkdir would (the image and other users read models/demo)
     too_big = [p for p in out.rglob("*") if p.is_file() and p.stat().st_size > MAX_FILE_BYTES]
     if too_big:
         raise SystemExit(f"files over 2 MiB in {out}: {too_big}; make SMALL_TAP smaller")
