@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tapcore.access import AccessDenied, User
-from tapcore.utils import create_file
+from tapcore.utils import sqlite_connect, sqlite_init
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +58,10 @@ class AuditLog:
 
     def __init__(self, home: str | os.PathLike):
         self.path = Path(home) / "audit.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        create_file(self.path)  # the lab's group reads the trail's file under TAPCORE_UMASK=0002 (admins via the app)
-        con = self._connect()
-        try:
-            con.executescript(_SCHEMA)
-        finally:
-            con.close()
+        sqlite_init(self.path, _SCHEMA)  # the lab's group reads the trail's file under TAPCORE_UMASK=0002
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        con.execute("PRAGMA busy_timeout=30000")
-        return con
+        return sqlite_connect(self.path)
 
     def record(self, user: User | str, action: str, kind: str, target: str, detail: str = "") -> None:
         """Append one entry (``action`` from :data:`ACTIONS`, ``kind``: dataset / model / job / ...)."""

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from tapcore.access import LOCAL_ADMIN, ROLES, User, check_name
-from tapcore.utils import create_file
+from tapcore.utils import sqlite_connect, sqlite_init
 
 logger = logging.getLogger(__name__)
 
@@ -87,19 +87,12 @@ class UserStore:
     def __init__(self, home: str | os.PathLike, *, clock: Callable[[], float] = time.time,
                  max_fails: int = MAX_FAILS, lock_s: float = LOCK_S):
         self.path = Path(home) / "users.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.clock, self.max_fails, self.lock_s = clock, int(max_fails), float(lock_s)
-        create_file(self.path, 0o600)  # password hashes: the service's user only, whatever the umask
-        con = self._connect()
-        try:
-            con.executescript(_SCHEMA)
-        finally:
-            con.close()
+        sqlite_init(self.path, _SCHEMA, 0o600)  # password hashes: the service's user only, whatever the umask
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        con = sqlite_connect(self.path)
         con.row_factory = sqlite3.Row
-        con.execute("PRAGMA busy_timeout=30000")
         return con
 
     # -- accounts -------------------------------------------------------------------------------

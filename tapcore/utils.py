@@ -177,6 +177,27 @@ def create_file(path: str | os.PathLike, mode: int = 0o666) -> None:
         pass
 
 
+def sqlite_connect(path: str | os.PathLike, timeout_s: float = 30.0) -> "sqlite3.Connection":
+    """A connection in autocommit mode that waits up to ``timeout_s`` for another writer."""
+    import sqlite3
+
+    con = sqlite3.connect(path, timeout=timeout_s, isolation_level=None)
+    con.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+    return con
+
+
+def sqlite_init(path: str | os.PathLike, schema: str, mode: int = 0o666) -> None:
+    """Create the database file (with ``mode`` under the umask, :func:`create_file`) and its schema
+    (``schema``: idempotent ``CREATE ... IF NOT EXISTS`` statements)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    create_file(path, mode)
+    con = sqlite_connect(path)
+    try:
+        con.executescript(schema)
+    finally:
+        con.close()
+
+
 def chmod_as_created(path: str | os.PathLike) -> None:
     """Give ``path`` the mode a plain ``open``/``mkdir`` would have given it under the current umask.
 
