@@ -38,7 +38,8 @@ from typing import Any, Iterator
 
 from tapcore import audit
 from tapcore.access import AccessDenied, User, can_read, check_change, check_read, run_access, write_access
-from tapcore.utils import DiskFullError, atomic_write_json, create_file, explain_disk_full, read_json
+from tapcore.utils import (DiskFullError, atomic_write_json, create_file, explain_disk_full, read_json,
+                           sqlite_connect)
 
 logger = logging.getLogger(__name__)
 
@@ -220,9 +221,8 @@ class JobQueue:
 
     # -- plumbing -------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        con = sqlite_connect(self.db_path, BUSY_TIMEOUT_S)
         con.row_factory = sqlite3.Row
-        con.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         con.execute("PRAGMA synchronous=NORMAL")
         return con
 
