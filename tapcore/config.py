@@ -143,6 +143,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, names: typing
                               "dest": name}
         if kind is not None:
             kw["type"] = kind
+        elif args and args[0] is bool:  # --name / --no-name
+            kw["action"] = argparse.BooleanOptionalAction
         kw.update(overrides.get(name, {}))
         flag = kw.pop("flag", "--" + name.replace("_", "-"))
         parser.add_argument(flag, **kw)

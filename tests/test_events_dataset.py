@@ -126,6 +126,45 @@ def test_three_class_balance():
     assert pairs.class_names == ["none", "division", "death"]
 
 
+def test_balance_ratio_keeps_that_many_times_the_rarest_class():
+    masks = _movie_masks(seed=2)
+    base = dict(pairs_per_frame=200, criterion="any_either", task="three_class", centre=16)
+    before = build_crop_pairs(masks, CropPairConfig(**base)).train_before_balance
+    n_min = int(min(before))
+    pairs = build_crop_pairs(masks, CropPairConfig(**base, balance_ratio=3))
+    assert pairs.train.counts(3).tolist() == [min(int(k), 3 * n_min) for k in before]
+    assert pairs.train.counts(3)[0] == 3 * n_min < before[0]  # negatives capped at 3 x the rarest event class
+    assert pairs.train.counts(3)[2] == before[2] < 3 * n_min  # a class under the cap keeps all its pairs
+    # every kept crop pair comes from the training split, with its label
+    pool = {tuple(c): int(lab) for c, lab in zip(pairs.train_pool.coords.tolist(), pairs.train_pool.labels)}
+    assert all(pool[tuple(c)] == int(lab) for c, lab in zip(pairs.train.coords.tolist(), pairs.train.labels))
+    with pytest.raises(ValueError, match="balance_ratio"):
+        CropPairConfig(balance_ratio=0.5).validate()
+
+
+def test_resample_negatives_draws_fresh_negatives_from_the_pool_and_keeps_the_positives():
+    from tapcore.events.dataset import CropSet, resample_negatives
+
+    rng = np.random.default_rng(0)
+    pool_coords = np.stack([np.arange(200), np.zeros(200), np.arange(200)], 1).astype(np.int64)
+    pool_labels = np.zeros(200, np.int64)
+    pool_labels[:10] = 1
+    pool_labels[10:15] = 2
+    pool = CropSet(pool_coords, pool_labels)
+    keep = np.r_[0:15, 15:30]  # all 15 events and 15 negatives
+    train = CropSet(pool_coords[keep], pool_labels[keep])
+    seen: set[int] = set()
+    for _ in range(5):
+        new = resample_negatives(train, pool, rng)
+        assert new.counts(3).tolist() == train.counts(3).tolist()  # same size and class counts
+        pos = new.coords[new.labels != 0, 2]
+        assert sorted(pos.tolist()) == list(range(15))  # the positives stay
+        neg = new.coords[new.labels == 0, 2]
+        assert len(set(neg.tolist())) == 15 and (pool_labels[neg] == 0).all()  # distinct pool negatives
+        seen.update(neg.tolist())
+    assert len(seen) > 30  # fresh draws over the epochs reach beyond the first 15 negatives
+
+
 def test_time_split_no_shared_frames():
     masks = _movie_masks(t=21, seed=5)
     pairs = build_crop_pairs(masks, CropPairConfig(pairs_per_frame=50, criterion="any_either", split="time"))

@@ -191,3 +191,34 @@ def test_hard_negative_mining_swaps_in_the_negatives_the_head_scored_highest(tmp
     assert [r["epoch"] for r in records if r.get("kind") == "epoch"] == [1, 2, 3, 4]
     with pytest.raises(ValueError, match="hard_negatives"):
         HeadConfig(hard_negatives=2.0).validate()
+
+
+def test_keep_best_restores_the_epoch_with_the_lowest_validation_loss(tmp_path, tap_bundle, data):
+    """keep_best: the saved head is the lowest-val-loss epoch's (its per-epoch validation logits are
+    recomputed from the bundle and match that epoch's recorded loss); resampled negatives train too."""
+    import torch.nn.functional as F
+
+    from tapcore.events.calibrate import validation_logits
+
+    movie, masks = data
+    records = []
+    # lr 0.05 on a linear head: the validation loss jumps around (this seeded run: lowest at epoch 2 of 4)
+    cfg = _cfg("A0", 4, lr=0.05, keep_best=True, resample_negatives=True)
+    res = train_head(movie, masks, tap_bundle, cfg, tmp_path / "best", progress=records.append)
+    losses = [r["val_loss"] for r in res.history]
+    best = int(np.argmin(losses)) + 1
+    assert res.metrics["best_epoch"] == best
+    restored = [r for r in records if r.get("kind") == "best_epoch"]
+    assert [r["epoch"] for r in restored] == [best]
+    assert best != 4 and losses[best - 1] < losses[-1]  # (seeded: this run's best epoch is not its last)
+    # the saved head scores the per-epoch validation pairs (64 fixed pairs of the val split) with the best
+    # epoch's loss, not the last one's
+    n_val = len(res.pairs.val)
+    pick = np.sort(np.random.default_rng(cfg.seed + 7919).choice(n_val, 64, replace=False))
+    logits, labels = validation_logits(tmp_path / "best", movie, masks)
+    assert np.array_equal(labels, res.pairs.val.labels)
+    loss = float(F.cross_entropy(torch.from_numpy(logits[pick]), torch.from_numpy(labels[pick])))
+    assert loss == pytest.approx(losses[best - 1], rel=1e-4, abs=1e-5)
+    # without keep_best the last epoch's head is kept
+    last = train_head(movie, masks, tap_bundle, _cfg("A0", 4, lr=0.05), tmp_path / "last")
+    assert last.metrics["best_epoch"] is None

@@ -33,7 +33,8 @@ def _load(movie_path: str, masks_path: str | None):
 def _add_dataset_args(p: argparse.ArgumentParser, criterion: bool = True, data_seed: bool = True) -> None:
     from tapcore.events.dataset import CRITERIA, SPLITS, TASKS, CropPairConfig
 
-    names = (["criterion"] if criterion else []) + ["min_area", "split", "task", "pairs_per_frame", "crop"] + \
+    names = (["criterion"] if criterion else []) + ["min_area", "centre", "split", "task", "pairs_per_frame", "crop",
+                                                           "balance_ratio"] + \
         (["seed"] if data_seed else [])
     add_config_options(p, CropPairConfig, names, criterion={"choices": CRITERIA}, split={"choices": SPLITS},
                        task={"choices": TASKS}, seed={"flag": "--data-seed", "dest": "data_seed"})
@@ -51,7 +52,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--tap", default=None, help="TAP bundle folder (tapcore pretrain); required for A strategies")
     add_config_options(p, HeadConfig, ["epochs", "lr", "batch_size", "device", "num_threads", "feature_margin",
-                                       "hard_negatives"], num_threads={"flag": "--threads"})
+                                       "hard_negatives", "resample_negatives", "keep_best"], num_threads={"flag": "--threads"})
     p.add_argument("--out", required=True, help="output folder")
 
 

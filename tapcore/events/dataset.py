@@ -67,6 +67,9 @@ class CropPairConfig:
     split: str = "random"  # "random" (paper) | "time" | "region"
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train / validation / test (paper)
     balance_train: bool = True  # subsample the training set to equal class counts (paper)
+    balance_ratio: float = 1.0  # balance_train keeps at most this many times the rarest class's count of each
+    # class (1 = equal counts, the paper; e.g. 5: five negatives per rare event, so the head sees more of what is
+    # not an event; calibration's event bias corrects the prior either way)
     seed: int = 0  # sampling, shuffling and subsampling seed
 
     def validate(self) -> "CropPairConfig":
@@ -82,6 +85,8 @@ class CropPairConfig:
             raise ValueError(f"pairs_per_frame must be at least 1, got {self.pairs_per_frame}")
         if int(self.min_area) < 0:
             raise ValueError(f"min_area must be >= 0 pixels, got {self.min_area}")
+        if not float(self.balance_ratio) >= 1.0:
+            raise ValueError(f"balance_ratio must be >= 1 (1 = equal class counts), got {self.balance_ratio}")
         if not 0 <= int(self.centre) <= int(self.crop):
             raise ValueError(f"centre must be between 0 (whole crop) and the crop size {self.crop}, got {self.centre}")
         fr = tuple(float(f) for f in self.fractions)
@@ -272,11 +277,13 @@ def _sample(rng: np.random.Generator, ts: np.ndarray, n_per: int, y_max: int, x_
     return np.stack([t, y, x], axis=1)
 
 
-def _balance(rng: np.random.Generator, s: CropSet, n_classes: int) -> CropSet:
+def _balance(rng: np.random.Generator, s: CropSet, n_classes: int, ratio: float = 1.0) -> CropSet:
+    """Subsample each class to at most ``ratio`` x the rarest present class's count (1: equal counts)."""
     counts = s.counts(n_classes)
     present = [k for k in range(n_classes) if counts[k] > 0]
-    n = min(counts[k] for k in present)
-    keep = np.concatenate([rng.choice(np.flatnonzero(s.labels == k), size=n, replace=False) for k in present])
+    n = int(min(counts[k] for k in present) * float(ratio))
+    keep = np.concatenate([rng.choice(np.flatnonzero(s.labels == k), size=min(n, int(counts[k])), replace=False)
+                           for k in present])
     keep = rng.permutation(keep)
     return CropSet(s.coords[keep], s.labels[keep])
 
@@ -320,6 +327,20 @@ def mine_hard_negatives(train: CropSet, pool: CropSet, pool_event_prob: np.ndarr
     info.update({"mined_mean_event_prob": float(prob[hard].mean()),
                  "replaced_mean_event_prob": float(np.mean(replaced_prob)) if replaced_prob else None})
     return CropSet(coords[perm], labels[perm]), info
+
+
+def resample_negatives(train: CropSet, pool: CropSet, rng: np.random.Generator) -> CropSet:
+    """The training set with its negatives (label 0) drawn afresh from ``pool`` (the training split before
+    balancing), as many as before; the positives stay. Over the epochs the head then sees many more of the
+    split's negatives than one balanced subsample holds, at the same cost per epoch."""
+    pos = np.flatnonzero(train.labels != 0)
+    n_neg = int((train.labels == 0).sum())
+    neg_pool = np.flatnonzero(pool.labels == 0)
+    pick = rng.choice(neg_pool, size=min(n_neg, len(neg_pool)), replace=False)
+    coords = np.concatenate([train.coords[pos], pool.coords[pick]]).astype(np.int64)
+    labels = np.concatenate([train.labels[pos], np.zeros(len(pick), np.int64)])
+    perm = rng.permutation(len(labels))
+    return CropSet(coords[perm], labels[perm])
 
 
 def _coord_keys(coords: np.ndarray) -> np.ndarray:
@@ -390,7 +411,7 @@ def build_crop_pairs(masks: np.ndarray, cfg: Optional[CropPairConfig] = None,
     before = train.counts(n_classes)
     pool = train
     if cfg.balance_train:
-        train = _balance(rng, train, n_classes)
+        train = _balance(rng, train, n_classes, cfg.balance_ratio)
     pairs = CropPairs(train, val, test, cfg, class_names, (t_len, height, width), int(total), before, regions,
                       train_pool=pool)
     logger.debug("crop pairs: %s", pairs.to_dict())

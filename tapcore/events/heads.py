@@ -168,6 +168,15 @@ def _resnet_lite(in_channels: int, n_classes: int, crop: int) -> EventHead:
     return EventHead("resnet_lite", resnet_encoder(in_channels, LITE_WIDTH), LITE_WIDTH, 3, "mean", n_classes, crop)
 
 
+def _resnet_lite_order(in_channels: int, n_classes: int, crop: int) -> EventHead:
+    # ours: resnet_lite with the two frames' encodings concatenated (as resnet_order) instead of averaged.
+    # A time-invariant head sees the mean of "mother condensed at t" and "daughters at t+1", half of which
+    # is what the daughters look like for frames after the split; keeping the order lets it require the
+    # mother (docs/results.md, "Demo model"). Linear layer 2x resnet_lite's, same encoder cost.
+    return EventHead("resnet_lite_order", resnet_encoder(in_channels, LITE_WIDTH), LITE_WIDTH, 3, "concat", n_classes,
+                     crop)
+
+
 #: name -> (builder(in_channels, n_classes, crop), one-line description)
 HEADS: dict[str, tuple[Callable[[int, int, int], EventHead], str]] = {
     "linear": (_linear, "paper: one linear layer on the flattened features of both frames (order-aware)"),
@@ -177,6 +186,8 @@ HEADS: dict[str, tuple[Callable[[int, int, int], EventHead], str]] = {
     "resnet_order": (_resnet_order, "the ResNet encoder per frame, both maps concatenated, then linear (order-aware)"),
     "resnet_lite": (_resnet_lite, f"ours, for CPUs: the paper's ResNet head at {LITE_WIDTH} instead of 64 channels "
                                   "(time-invariant; ~10x fewer operations per crop, exact dense prediction)"),
+    "resnet_lite_order": (_resnet_lite_order, f"ours, for CPUs: resnet_order at {LITE_WIDTH} channels (order-aware: "
+                                              "frame t and t+1 kept apart; the demo model's head)"),
 }
 
 

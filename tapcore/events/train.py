@@ -51,7 +51,8 @@ from tapcore import metrics as M
 from tapcore.binning import bin_masks, bin_movie, model_bin
 from tapcore.config import config_to_dict
 from tapcore.detector import EventDetector, TapFeatures
-from tapcore.events.dataset import CropPairConfig, CropPairs, CropSet, build_crop_pairs, mine_hard_negatives
+from tapcore.events.dataset import (CropPairConfig, CropPairs, CropSet, build_crop_pairs, mine_hard_negatives,
+                                     resample_negatives)
 from tapcore.events.dense import CropSource, FeatureCache, FeatureConfig, FrameFeatures, crop_logits
 from tapcore.events.heads import HEADS, build_head
 from tapcore.events.model import EventModel, build_backbone, tap_config_dict
@@ -104,6 +105,9 @@ class HeadConfig:
     pmax: float = 99.8
     hard_negatives: float = 0.0  # after half the epochs, swap this fraction of the training negatives for the
     # training split's negatives the head scores highest (hard negative mining; 0 = off, as in the paper)
+    resample_negatives: bool = False  # draw the training negatives afresh from the whole training split every
+    # epoch (same count; until hard negatives are mined): a balanced head sees far more of what is not an event
+    keep_best: bool = False  # keep the head of the epoch with the lowest validation loss (not the last epoch's)
 
     def validate(self) -> "HeadConfig":
         if self.strategy not in STRATEGIES:
@@ -413,7 +417,11 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
                 cfg.head_name, epochs, len(train_labels), device,
                 f"; process {dist_info.rank} of {dist_info.world_size}" if dist_info.enabled else "")
     t_train = time.time()
+    best: Optional[tuple[float, int, dict[str, torch.Tensor]]] = None  # (val loss, epoch, head weights)
     for epoch in range(1, epochs + 1):
+        if cfg.resample_negatives and epoch > 1 and hard_info is None and pairs.train_pool is not None:
+            fresh = resample_negatives(CropSet(train_coords, train_labels), pairs.train_pool, rng)
+            train_coords, train_labels = fresh.coords, fresh.labels
         def on_step(step: int, steps: int, _epoch: int = epoch) -> None:
             if progress is not None:
                 progress({"stage": "train_head", "kind": "step", "epoch": _epoch, "epochs": epochs, "step": step,
@@ -435,6 +443,8 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
                "pairs_per_s": len(train_labels) * epoch / max(time.time() - t_train, 1e-9)}
         history.append(rec)
         emit(rec)
+        if cfg.keep_best and (best is None or val_m["val_loss"] < best[0]):
+            best = (val_m["val_loss"], epoch, {k: v.detach().clone() for k, v in net.state_dict().items()})
         if cfg.hard_negatives > 0 and epoch == max(1, epochs // 2) and epoch < epochs and pairs.train_pool is not None:
             mined = None
             if dist_info.main:
@@ -445,6 +455,10 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
             if frozen:
                 model.backbone.eval()
     train_time = time.time() - t_train
+    if best is not None and best[1] != epochs:  # keep_best: back to the epoch with the lowest validation loss
+        net.load_state_dict(best[2])
+        emit({"stage": "train_head", "kind": "best_epoch", "epoch": best[1], "val_loss": best[0],
+              "elapsed_s": time.time() - t_start})
     ddp.use_plain_batchnorm(net)
 
     logits = None
@@ -471,6 +485,7 @@ def train_head(movie: np.ndarray, masks: np.ndarray, tap_bundle: Optional[str | 
         "val": val_m,
         "history": history,
         "hard_negatives": hard_info,
+        "best_epoch": best[1] if best is not None else None,
         "calibration_inputs": {"val_logits": "val_logits.npy", "val_labels": "val_labels.npy"},
     }
     config = {
