@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import io
 import json
 import os
@@ -29,12 +30,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CHROMIUM = "/usr/bin/chromium"
+sys.path.insert(0, str(ROOT / "scripts"))
+import browser_kit  # noqa: E402 (scripts/browser_kit.py: Chromium launch options, settle)
+
 #: Longest wait for one page step (the job itself may take up to --timeout).
 STEP_TIMEOUT_S = 240
-BUSY_JS = ("() => !!(document.querySelector('[data-testid=\"stAppSkeleton\"]') || "
-           "document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]') || "
-           "!document.querySelector('[data-testid=\"stApp\"]'))")
 
 
 def _free_port() -> int:
@@ -54,20 +54,8 @@ def _movie_bytes(seed: int) -> bytes:
     return buf.getvalue()
 
 
-async def _settle(page, timeout: float = 300.0, quiet: float = 1.0) -> float:
-    """Wait until the app has been idle for ``quiet`` s; returns when it became idle (perf_counter)."""
-    deadline = time.time() + timeout
-    await page.wait_for_timeout(300)
-    idle_since = None
-    while time.time() < deadline:
-        if await page.evaluate(BUSY_JS):
-            idle_since = None
-        elif idle_since is None:
-            idle_since = time.perf_counter()
-        elif time.perf_counter() - idle_since >= quiet:
-            return idle_since
-        await page.wait_for_timeout(100)
-    raise TimeoutError(f"the app stayed busy for {timeout} s")
+#: Wait until the app has been idle for 1 s (300 s at most); returns when it became idle (perf_counter).
+_settle = functools.partial(browser_kit.settle_async, timeout=300.0, quiet=1.0, first_wait_ms=300, poll_ms=100)
 
 
 def _log(user: str, text: str) -> None:
@@ -166,9 +154,7 @@ async def _drive(url: str, users: dict[str, str], timeout: float, shots: Path) -
     times: dict = {}
     movies = {u: _movie_bytes(seed=i + 1) for i, u in enumerate(users)}
     async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = await p.chromium.launch(**browser_kit.LAUNCH)
         try:
             results = await asyncio.wait_for(asyncio.gather(
                 *[_session(browser, url, u, pw, movies[u], times, timeout, shots) for u, pw in users.items()],

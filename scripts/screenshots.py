@@ -22,31 +22,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+from browser_kit import LAUNCH, settle  # scripts/browser_kit.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _settle(page, timeout: float = 300.0, quiet: float = 2.0) -> None:
-    busy_js = ("() => !!(document.querySelector('[data-testid=\"stAppSkeleton\"]') || "
-               "document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]') || "
-               "!document.querySelector('[data-testid=\"stApp\"]'))")
-    deadline, idle_since = time.time() + timeout, None
-    page.wait_for_timeout(800)
-    while time.time() < deadline:
-        if page.evaluate(busy_js):
-            idle_since = None
-        elif idle_since is None:
-            idle_since = time.time()
-        elif time.time() - idle_since >= quiet:
-            return
-        page.wait_for_timeout(200)
-    raise TimeoutError(f"the app stayed busy for {timeout} s")
 
 
 def main() -> int:
@@ -91,14 +75,13 @@ def main() -> int:
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = p.chromium.launch(**LAUNCH)
             # Streamlit scrolls inside its own container, so a tall window is what shows a whole page
             ctx = browser.new_context(viewport={"width": 1400, "height": 3000})
             page = ctx.new_page()
             for name, path in pages:
                 page.goto(f"{url}/{path}")
-                _settle(page)
+                settle(page, timeout=300.0, quiet=2.0, first_wait_ms=800, poll_ms=200)
                 page.screenshot(path=str(out / f"{name}.png"), full_page=True)
                 print(f"{out / (name + '.png')}: {page.url}")
             browser.close()

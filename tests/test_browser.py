@@ -20,16 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from browser_kit import settle  # scripts/browser_kit.py, loaded by tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed at /usr/bin/chromium "
-                                                     "(apt-get install chromium; .ci/run does this)"),
-]
+pytestmark = pytest.mark.browser  # skipped without Debian's chromium (tests/conftest.py)
 
 
 def _free_port() -> int:
@@ -86,36 +82,6 @@ def app_server(tmp_path_factory):
         yield url, home
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield b
-        b.close()
-
-
-def _settle(page, timeout: float = 60.0, quiet: float = 1.5) -> None:
-    """Wait until the app is idle: no skeleton, no 'running' icon for ``quiet`` seconds in a row."""
-    busy_js = ("() => !!(document.querySelector('[data-testid=\"stAppSkeleton\"]') || "
-               "document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]') || "
-               "!document.querySelector('[data-testid=\"stApp\"]'))")
-    deadline = time.time() + timeout
-    page.wait_for_timeout(500)
-    idle_since = None
-    while time.time() < deadline:
-        if page.evaluate(busy_js):
-            idle_since = None
-        elif idle_since is None:
-            idle_since = time.time()
-        elif time.time() - idle_since >= quiet:
-            return
-        page.wait_for_timeout(150)
-    raise TimeoutError(f"the app stayed busy for {timeout} s")
-
-
 def _shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -123,7 +89,7 @@ def _shot(page, name: str) -> None:
 
 def _goto(page, url: str, path: str, timeout: float = 60.0) -> None:
     page.goto(f"{url}/{path}")
-    _settle(page, timeout=timeout)
+    settle(page, timeout=timeout)
 
 
 def _wait_text(page, text: str, timeout: float = 120_000) -> None:
@@ -134,7 +100,7 @@ def _choose(page, label: str, option: str) -> None:
     """Pick ``option`` in the select box labelled ``label``."""
     page.get_by_label(label, exact=True).first.click()
     page.get_by_role("option", name=option).click()
-    _settle(page)
+    settle(page)
 
 
 def _query(page) -> dict[str, str]:
@@ -187,7 +153,7 @@ def _workflow(page, url: str, home: Path) -> None:
     _goto(page, url, "data")
     page.get_by_role("button", name="Load the synthetic demo movie").click()
     _wait_text(page, "Loaded: Synthetic demo")
-    _settle(page)
+    settle(page)
     _wait_text(page, "Your datasets")
     assert (home / "datasets" / "demo" / "meta.json").is_file()
     _shot(page, "1-data")
@@ -199,7 +165,7 @@ def _workflow(page, url: str, home: Path) -> None:
     _wait_text(page, "queued. Progress appears below")
     pre_job = _query(page)["pre_job"]
     _wait_text(page, "Keep these features as", timeout=240_000)  # shown once the job is done
-    _settle(page)
+    settle(page)
     _shot(page, "2-pretrain")
     from tapcore.verdicts import stored_job_verdict
 
@@ -218,7 +184,7 @@ def _workflow(page, url: str, home: Path) -> None:
     _wait_text(page, "queued. Progress appears below")
     head_job = _query(page)["head_job"]
     _wait_text(page, "Result on the held-out test windows", timeout=300_000)
-    _settle(page)
+    settle(page)
     _shot(page, "3-event-head")
     verdict = stored_job_verdict(home / "runs" / head_job)
     assert any(verdict.title in t for t in page.get_by_test_id(alert[verdict.level]).all_inner_texts())
@@ -238,13 +204,13 @@ def _workflow(page, url: str, home: Path) -> None:
     slider.focus()
     for _ in range(5):
         slider.press("ArrowRight")
-        _settle(page, quiet=0.5)
-    _settle(page)
+        settle(page, quiet=0.5)
+    settle(page)
     _wait_text(page, "frame 5 → 6", timeout=60_000)
     threshold = page.get_by_role("slider", name="Threshold (event probability)")
     threshold.focus()
     threshold.press("Home")  # the lowest threshold lists every candidate of this quickly trained head
-    _settle(page)
+    settle(page)
     _shot(page, "6-predict")
     shown = int(page.get_by_test_id("stMetric").filter(has_text="Events at this threshold")
                 .get_by_test_id("stMetricValue").inner_text())
