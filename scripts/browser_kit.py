@@ -5,14 +5,23 @@ imported by path. ``python scripts/X.py`` finds it beside itself; tests/conftest
 module ``browser_kit`` (and provides the ``browser`` fixture); bench/ puts ``scripts/`` on ``sys.path``.
 
 - :data:`CHROMIUM` and :data:`LAUNCH`: ``p.chromium.launch(**LAUNCH)``, sync or async Playwright.
+- :func:`serve_app`: ``streamlit run app.py`` on a free loopback port with its own workspace.
 - :func:`settle` / :func:`settle_async`: wait until Streamlit is idle (no skeleton, no "running" icon
   for ``quiet`` seconds in a row). Both poll :data:`BUSY_JS` and decide with one :class:`IdleWatch`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Debian's chromium (``apt-get install chromium``); Playwright's own download is not used.
 CHROMIUM = Path("/usr/bin/chromium")
@@ -80,3 +89,56 @@ async def settle_async(page, timeout: float = 60.0, quiet: float = 1.5, *, first
             return idle_at
         await page.wait_for_timeout(poll_ms)
     raise watch.expired()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_app(home: Path, log: Path | None = None, *, start_timeout: float = 60.0, stop_timeout: float = 20.0,
+              env: dict[str, str] | None = None):
+    """``streamlit run app.py`` on a free port of 127.0.0.1 with workspace ``home`` (CPU jobs, one thread);
+    yields its URL once ``/_stcore/health`` answers, RuntimeError (with the log) if it does not within
+    ``start_timeout`` s. Its output goes to ``log`` (None: nowhere). On exit it is stopped, and so is
+    the worker the app started for ``home`` (by the pid recorded in ``worker.spawn``)."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, "TAPCORE_HOME": str(home), "TAPCORE_WORKER_DEVICE": "cpu", "OMP_NUM_THREADS": "1",
+           **(env or {})}
+    out = open(log, "w") if log is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + start_timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                if log is None:
+                    raise RuntimeError(f"streamlit did not start within {start_timeout} s")
+                out.flush()
+                raise RuntimeError("streamlit did not start:\n" + log.read_text())
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=stop_timeout)
+        spawn = home / "worker.spawn"  # the worker the app started for this workspace: stop it by its pid
+        if spawn.exists():
+            try:
+                os.kill(int(spawn.read_text().split()[0]), 15)
+            except (ProcessLookupError, ValueError):
+                pass
+        if log is not None:
+            out.close()

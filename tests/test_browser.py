@@ -7,20 +7,14 @@ events CSV. Screenshots of every page go to ``test-artifacts/browser/``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from browser_kit import settle  # scripts/browser_kit.py, loaded by tests/conftest.py
+from browser_kit import serve_app, settle  # scripts/browser_kit.py, loaded by tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -28,57 +22,10 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 pytestmark = pytest.mark.browser  # skipped without Debian's chromium (tests/conftest.py)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _serve(home: Path):
-    """``streamlit run app.py`` on a free port with its own workspace; yields its URL."""
-    home.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    env = {**os.environ, "TAPCORE_HOME": str(home), "TAPCORE_WORKER_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
-    log = open(home.parent / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                log.flush()
-                raise RuntimeError("streamlit did not start:\n" + (home.parent / "streamlit.log").read_text())
-            time.sleep(0.3)
-        yield url
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=20)
-        # the app started a detached worker for this workspace: stop it (by its recorded pid)
-        spawn = home / "worker.spawn"
-        if spawn.exists():
-            pid = int(spawn.read_text().split()[0])
-            try:
-                os.kill(pid, 15)
-            except ProcessLookupError:
-                pass
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("browser") / "workspace"
-    with _serve(home) as url:
+    with serve_app(home, home.parent / "streamlit.log") as url:
         yield url, home
 
 
@@ -115,7 +62,7 @@ PAGE_TITLES = {"evaluate": "Evaluate", "explain": "Explain", "jobs": "Jobs", "pr
 
 def test_deep_links_open_their_pages_on_a_fresh_server(tmp_path, browser):
     """A link to any page (e.g. /predict), opened first thing on a freshly started server, shows that page."""
-    with _serve(tmp_path / "workspace") as url:
+    with serve_app(tmp_path / "workspace", tmp_path / "streamlit.log") as url:
         ctx = browser.new_context(viewport={"width": 1200, "height": 900})
         page = ctx.new_page()
         try:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from browser_kit import settle  # scripts/browser_kit.py, loaded by tests/conftest.py
-from test_browser import _serve, _shot
+from browser_kit import serve_app, settle  # scripts/browser_kit.py, loaded by tests/conftest.py
+from test_browser import _shot
 
 from tapcore.access import User
 from tapcore.auth import UserStore
@@ -36,7 +36,7 @@ def lab_server(tmp_path_factory):
     tifffile.imwrite(buf, np.arange(4 * 24 * 24, dtype=np.uint16).reshape(4, 24, 24), photometric="minisblack")
     dataset = Workspace(home, User("ann")).save_upload(buf, name="ann-secret.tif").id
     job = JobQueue(home, User("ann")).submit({"kind": "pretrain", "params": {"dataset": dataset}})
-    with _serve(home) as url:
+    with serve_app(home, home.parent / "streamlit.log") as url:
         yield url, home, dataset, job
 
 
