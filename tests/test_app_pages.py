@@ -308,7 +308,6 @@ def _parse_cli_check(text: str) -> dict[str, str]:
     return dict(zip(("precision", "recall", "f1", "tp", "fp", "fn"), m.groups()))
 
 
-@pytest.mark.slow  # trains a head (trained_home) and predicts in the page; the CLI's check: test_verdicts
 def test_predict_page_checks_itself_with_the_numbers_of_evaluate_events(trained_home, monkeypatch, capsys, tmp_path):
     """A movie with annotation: the page's precision / recall / F1 at the chosen threshold are those of
     `tapcore evaluate-events` on the downloaded events and the dataset's own files."""
@@ -342,7 +341,6 @@ def test_predict_page_checks_itself_with_the_numbers_of_evaluate_events(trained_
     assert '"name":"precision"' in spec and '"name":"recall"' in spec and "threshold 0.70" in spec
 
 
-@pytest.mark.slow  # trained_home; the verdict itself: test_verdicts.test_movie_unlike_the_training_movie_...
 def test_predict_page_warns_on_a_movie_unlike_the_training_movie(trained_home, monkeypatch, tmp_path):
     """The small demo's model on a movie of large, fast-moving blobs without annotation: a caution,
     the heatmap only above the threshold with a colour bar, and the expected-precision curve."""
