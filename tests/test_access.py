@@ -485,7 +485,9 @@ def _open(page: str, user: str | None = None, query: dict | None = None):
     return at
 
 
-@pytest.mark.parametrize("page", ["pages/data.py", "pages/jobs.py", "pages/predict.py", "pages/audit.py"])
+# the fast loop opens the Data page; the other pages in the full suite
+@pytest.mark.parametrize("page", ["pages/data.py", *(pytest.param(p, marks=pytest.mark.slow)
+                                                     for p in ("pages/jobs.py", "pages/predict.py", "pages/audit.py"))])
 def test_app_unauthenticated_sees_only_sign_in(lab, page):
     at = _open(page)
     assert [t.value for t in at.title] == ["Sign in"]
