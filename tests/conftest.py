@@ -7,7 +7,8 @@ Markers (registered in pyproject.toml): ``slow`` for long tests (real browser, S
 torchrun processes, job/worker subprocesses with fault injection, long training), ``gpu`` for tests
 that need CUDA (skipped without a GPU). ``pytest`` runs everything (CI); ``pytest -m "not slow"`` is
 the developer loop. Whole files are marked here (:data:`SLOW_FILES`); single tests carry
-``@pytest.mark.slow`` in their file.
+``@pytest.mark.slow`` in their file, single parameter cases ``pytest.param(..., marks=pytest.mark.slow)``
+(the fast loop keeps at least one case of each idea).
 """
 
 from __future__ import annotations
