@@ -15,32 +15,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import io
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CHROMIUM = "/usr/bin/chromium"
+sys.path.insert(0, str(ROOT / "scripts"))
+import browser_kit  # noqa: E402 (scripts/browser_kit.py: Chromium launch options, settle, serve_app)
+
 #: Longest wait for one page step (the job itself may take up to --timeout).
 STEP_TIMEOUT_S = 240
-BUSY_JS = ("() => !!(document.querySelector('[data-testid=\"stAppSkeleton\"]') || "
-           "document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]') || "
-           "!document.querySelector('[data-testid=\"stApp\"]'))")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _movie_bytes(seed: int) -> bytes:
@@ -54,20 +45,8 @@ def _movie_bytes(seed: int) -> bytes:
     return buf.getvalue()
 
 
-async def _settle(page, timeout: float = 300.0, quiet: float = 1.0) -> float:
-    """Wait until the app has been idle for ``quiet`` s; returns when it became idle (perf_counter)."""
-    deadline = time.time() + timeout
-    await page.wait_for_timeout(300)
-    idle_since = None
-    while time.time() < deadline:
-        if await page.evaluate(BUSY_JS):
-            idle_since = None
-        elif idle_since is None:
-            idle_since = time.perf_counter()
-        elif time.perf_counter() - idle_since >= quiet:
-            return idle_since
-        await page.wait_for_timeout(100)
-    raise TimeoutError(f"the app stayed busy for {timeout} s")
+#: Wait until the app has been idle for 1 s (300 s at most); returns when it became idle (perf_counter).
+_settle = functools.partial(browser_kit.settle_async, timeout=300.0, quiet=1.0, first_wait_ms=300, poll_ms=100)
 
 
 def _log(user: str, text: str) -> None:
@@ -166,9 +145,7 @@ async def _drive(url: str, users: dict[str, str], timeout: float, shots: Path) -
     times: dict = {}
     movies = {u: _movie_bytes(seed=i + 1) for i, u in enumerate(users)}
     async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = await p.chromium.launch(**browser_kit.LAUNCH)
         try:
             results = await asyncio.wait_for(asyncio.gather(
                 *[_session(browser, url, u, pw, movies[u], times, timeout, shots) for u, pw in users.items()],
@@ -193,39 +170,10 @@ def main() -> int:
     users = {f"user{i + 1}": f"load-test-password-{i + 1}" for i in range(args.sessions)}
     for name, password in users.items():
         store.add(name, password)
-    port = _free_port()
-    env = {**os.environ, "TAPCORE_HOME": str(home), "TAPCORE_WORKER_DEVICE": "cpu", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT)}
-    log = open(tmp / "streamlit.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--browser.gatherUsageStats", "false"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     t_start = time.time()
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("streamlit did not start:\n" + (tmp / "streamlit.log").read_text())
-            time.sleep(0.3)
+    with browser_kit.serve_app(home, tmp / "streamlit.log", start_timeout=120.0, stop_timeout=30.0,
+                                env={"PYTHONPATH": str(ROOT)}) as url:
         results, times = asyncio.run(_drive(url, users, args.timeout, tmp / "screenshots"))
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        spawn = home / "worker.spawn"  # the worker the app started: stop it by its recorded pid
-        if spawn.exists():
-            try:
-                os.kill(int(spawn.read_text().split()[0]), 15)
-            except (ProcessLookupError, ValueError):
-                pass
-        log.close()
     errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
     retries = sum(r.get("sign_in_retries", 0) for r in results if isinstance(r, dict))
     jobs = JobQueue(home).list()

@@ -22,6 +22,7 @@ Prints one ``PASS  <check>: <detail>`` or ``FAIL  <check>: <detail>`` line per c
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -29,27 +30,13 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-CHROMIUM = "/usr/bin/chromium"
+import browser_kit  # scripts/browser_kit.py, beside this script (the script runs on the host, not in the image)
+
 MODEL_NAME = "smoke-tap"
 
 
-def settle(page, timeout: float = 120.0, quiet: float = 1.5) -> None:
-    """Wait until the app is idle: no skeleton, no 'running' icon for ``quiet`` seconds in a row."""
-    busy_js = ("() => !!(document.querySelector('[data-testid=\"stAppSkeleton\"]') || "
-               "document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]') || "
-               "!document.querySelector('[data-testid=\"stApp\"]'))")
-    deadline = time.time() + timeout
-    page.wait_for_timeout(500)
-    idle_since = None
-    while time.time() < deadline:
-        if page.evaluate(busy_js):
-            idle_since = None
-        elif idle_since is None:
-            idle_since = time.time()
-        elif time.time() - idle_since >= quiet:
-            return
-        page.wait_for_timeout(200)
-    raise TimeoutError(f"the app stayed busy for {timeout} s")
+#: Wait until the app is idle (browser_kit.settle); here 120 s unless a step says otherwise.
+settle = functools.partial(browser_kit.settle, timeout=120.0, quiet=1.5, poll_ms=200)
 
 
 def wait_text(page, text: str, timeout_s: float) -> None:
@@ -220,9 +207,7 @@ def main() -> int:
 
     checks = Checks(Path(args.shots))
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu",
-                                          "--disable-background-networking"])
+        browser = p.chromium.launch(**browser_kit.LAUNCH)
         page = browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
         user = args.user
         try:

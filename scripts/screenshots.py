@@ -14,39 +14,12 @@ full-page PNG is written per page. Predict and Explain show the shipped demo mod
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
+from browser_kit import LAUNCH, serve_app, settle  # scripts/browser_kit.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _settle(page, timeout: float = 300.0, quiet: float = 2.0) -> None:
-    busy_js = ("() => !!(document.querySelector('[data-testid=\"stAppSkeleton\"]') || "
-               "document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]') || "
-               "!document.querySelector('[data-testid=\"stApp\"]'))")
-    deadline, idle_since = time.time() + timeout, None
-    page.wait_for_timeout(800)
-    while time.time() < deadline:
-        if page.evaluate(busy_js):
-            idle_since = None
-        elif idle_since is None:
-            idle_since = time.time()
-        elif time.time() - idle_since >= quiet:
-            return
-        page.wait_for_timeout(200)
-    raise TimeoutError(f"the app stayed busy for {timeout} s")
 
 
 def main() -> int:
@@ -73,44 +46,20 @@ def main() -> int:
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    env = {**os.environ, "TAPCORE_HOME": str(home), "TAPCORE_WORKER_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                time.sleep(0.3)
+    with serve_app(home, start_timeout=120.0, stop_timeout=30.0) as url:
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = p.chromium.launch(**LAUNCH)
             # Streamlit scrolls inside its own container, so a tall window is what shows a whole page
             ctx = browser.new_context(viewport={"width": 1400, "height": 3000})
             page = ctx.new_page()
             for name, path in pages:
                 page.goto(f"{url}/{path}")
-                _settle(page)
+                settle(page, timeout=300.0, quiet=2.0, first_wait_ms=800, poll_ms=200)
                 page.screenshot(path=str(out / f"{name}.png"), full_page=True)
                 print(f"{out / (name + '.png')}: {page.url}")
             browser.close()
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        spawn = home / "worker.spawn"
-        if spawn.exists():
-            try:
-                os.kill(int(spawn.read_text().split()[0]), 15)
-            except (ProcessLookupError, ValueError):
-                pass
     return 0
 
 

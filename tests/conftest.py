@@ -7,18 +7,33 @@ Markers (registered in pyproject.toml): ``slow`` for long tests (real browser, S
 torchrun processes, job/worker subprocesses with fault injection, long training), ``gpu`` for tests
 that need CUDA (skipped without a GPU). ``pytest`` runs everything (CI); ``pytest -m "not slow"`` is
 the developer loop. Whole files are marked here (:data:`SLOW_FILES`); single tests carry
-``@pytest.mark.slow`` in their file.
+``@pytest.mark.slow`` in their file, single parameter cases ``pytest.param(..., marks=pytest.mark.slow)``
+(the fast loop keeps at least one case of each idea).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TAPCORE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def _load_browser_kit():
+    """scripts/browser_kit.py (Chromium launch options, ``settle``), importable as ``browser_kit`` in tests."""
+    spec = importlib.util.spec_from_file_location("browser_kit", ROOT / "scripts" / "browser_kit.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["browser_kit"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+browser_kit = _load_browser_kit()
 
 
 def _shared(name: str) -> Path:
@@ -39,12 +54,15 @@ SLOW_FILES = {
 
 
 def pytest_collection_modifyitems(config, items):
-    """``slow`` on the tests of :data:`SLOW_FILES` and on browser / Slurm / real-data tests; ``gpu`` tests skip
-    without CUDA."""
+    """``slow`` on the tests of :data:`SLOW_FILES` and on browser / Slurm / real-data tests; ``browser`` tests
+    skip without Debian's chromium, ``gpu`` tests without CUDA."""
     has_cuda = None
     for item in items:
         if item.path.name in SLOW_FILES or any(item.get_closest_marker(m) for m in ("browser", "slurm", "shared_data")):
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("browser") and not browser_kit.CHROMIUM.exists():
+            item.add_marker(pytest.mark.skip(reason=f"Debian chromium is not installed at {browser_kit.CHROMIUM} "
+                                                    "(apt-get install chromium; .ci/run does this)"))
         if item.get_closest_marker("gpu"):
             if has_cuda is None:
                 import torch
@@ -64,6 +82,17 @@ def hela01() -> Path:
 def psc01() -> Path:
     """Path to the CTC PhC-C2DL-PSC sequence 01 folder, frames 150-250 (skips when absent)."""
     return _shared("psc01")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium (Playwright, sync API) for the ``browser`` tests of one module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(**browser_kit.LAUNCH)
+        yield b
+        b.close()
 
 
 @pytest.fixture(autouse=True)

@@ -485,7 +485,9 @@ def _open(page: str, user: str | None = None, query: dict | None = None):
     return at
 
 
-@pytest.mark.parametrize("page", ["pages/data.py", "pages/jobs.py", "pages/predict.py", "pages/audit.py"])
+# the fast loop opens the Data page; the other pages in the full suite
+@pytest.mark.parametrize("page", ["pages/data.py", *(pytest.param(p, marks=pytest.mark.slow)
+                                                     for p in ("pages/jobs.py", "pages/predict.py", "pages/audit.py"))])
 def test_app_unauthenticated_sees_only_sign_in(lab, page):
     at = _open(page)
     assert [t.value for t in at.title] == ["Sign in"]
@@ -504,6 +506,7 @@ def test_app_wrong_password_shows_why(lab):
     assert [t.value for t in at.title] == ["Sign in"]
 
 
+@pytest.mark.slow  # six sign-ins in the page (the lockout itself: test_sign_in_locks_after_five_failures_...)
 def test_app_lockout_after_repeated_failures(lab):
     at = _open("pages/data.py")
     for _ in range(5):
@@ -543,6 +546,7 @@ def test_app_b_cannot_delete_a_shared_dataset(lab):
     assert "Shared with you read-only" in _texts(at)
 
 
+@pytest.mark.slow  # page actions of the owner (refusals to bo stay in the fast loop)
 def test_app_owner_shares_and_deletes_on_the_data_page(lab):
     at = _open("pages/data.py", "ann", query={"dataset": lab.private})
     at.toggle(key=f"data_share_{lab.private}").set_value(True).run()
@@ -583,6 +587,7 @@ def test_app_b_cannot_open_a_model_by_query_param(lab):
     assert at.selectbox(key="eval_model").value == "shipped:demo"
 
 
+@pytest.mark.slow  # the Predict page (other deep-link refusals and the library's stay in the fast loop)
 def test_app_b_cannot_download_a_prediction_by_query_param(lab):
     at = _open("pages/predict.py", "bo", query={"pred_dataset": lab.private})
     assert f"The dataset '{lab.private}' named in this link is not available to you" in _texts(at)
@@ -594,6 +599,7 @@ def test_app_b_cannot_open_the_audit_page(lab):
     assert "Audit trail" not in [t.value for t in at.title]
 
 
+@pytest.mark.slow  # the admin's audit page (bo's refusal stays in the fast loop)
 def test_app_admin_sees_everything_and_the_audit_page(lab):
     at = _open("pages/audit.py", "root")
     assert [t.value for t in at.title] == ["Audit trail"]

@@ -213,6 +213,7 @@ def test_calibration_recomputes_the_saved_validation_logits_of_a_binned_head(bin
     np.testing.assert_allclose(logits, res.val_logits, atol=1e-3)  # features stored as float16
 
 
+@pytest.mark.slow  # a prediction and two Grad-CAMs (binned coordinates: test_binned_prediction_reports_...)
 def test_prediction_and_gradcam_of_a_binned_bundle_are_in_original_pixels(binned_head):
     from tapcore.explain import ExplainConfig, explain_frame
 

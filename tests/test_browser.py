@@ -7,113 +7,26 @@ events CSV. Screenshots of every page go to ``test-artifacts/browser/``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from browser_kit import serve_app, settle  # scripts/browser_kit.py, loaded by tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed at /usr/bin/chromium "
-                                                     "(apt-get install chromium; .ci/run does this)"),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _serve(home: Path):
-    """``streamlit run app.py`` on a free port with its own workspace; yields its URL."""
-    home.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    env = {**os.environ, "TAPCORE_HOME": str(home), "TAPCORE_WORKER_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
-    log = open(home.parent / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                log.flush()
-                raise RuntimeError("streamlit did not start:\n" + (home.parent / "streamlit.log").read_text())
-            time.sleep(0.3)
-        yield url
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=20)
-        # the app started a detached worker for this workspace: stop it (by its recorded pid)
-        spawn = home / "worker.spawn"
-        if spawn.exists():
-            pid = int(spawn.read_text().split()[0])
-            try:
-                os.kill(pid, 15)
-            except ProcessLookupError:
-                pass
-        log.close()
+pytestmark = pytest.mark.browser  # skipped without Debian's chromium (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("browser") / "workspace"
-    with _serve(home) as url:
+    with serve_app(home, home.parent / "streamlit.log") as url:
         yield url, home
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield b
-        b.close()
-
-
-def _settle(page, timeout: float = 60.0, quiet: float = 1.5) -> None:
-    """Wait until the app is idle: no skeleton, no 'running' icon for ``quiet`` seconds in a row."""
-    busy_js = ("() => !!(document.querySelector('[data-testid=\"stAppSkeleton\"]') || "
-               "document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]') || "
-               "!document.querySelector('[data-testid=\"stApp\"]'))")
-    deadline = time.time() + timeout
-    page.wait_for_timeout(500)
-    idle_since = None
-    while time.time() < deadline:
-        if page.evaluate(busy_js):
-            idle_since = None
-        elif idle_since is None:
-            idle_since = time.time()
-        elif time.time() - idle_since >= quiet:
-            return
-        page.wait_for_timeout(150)
-    raise TimeoutError(f"the app stayed busy for {timeout} s")
 
 
 def _shot(page, name: str) -> None:
@@ -123,7 +36,7 @@ def _shot(page, name: str) -> None:
 
 def _goto(page, url: str, path: str, timeout: float = 60.0) -> None:
     page.goto(f"{url}/{path}")
-    _settle(page, timeout=timeout)
+    settle(page, timeout=timeout)
 
 
 def _wait_text(page, text: str, timeout: float = 120_000) -> None:
@@ -134,7 +47,7 @@ def _choose(page, label: str, option: str) -> None:
     """Pick ``option`` in the select box labelled ``label``."""
     page.get_by_label(label, exact=True).first.click()
     page.get_by_role("option", name=option).click()
-    _settle(page)
+    settle(page)
 
 
 def _query(page) -> dict[str, str]:
@@ -149,7 +62,7 @@ PAGE_TITLES = {"evaluate": "Evaluate", "explain": "Explain", "jobs": "Jobs", "pr
 
 def test_deep_links_open_their_pages_on_a_fresh_server(tmp_path, browser):
     """A link to any page (e.g. /predict), opened first thing on a freshly started server, shows that page."""
-    with _serve(tmp_path / "workspace") as url:
+    with serve_app(tmp_path / "workspace", tmp_path / "streamlit.log") as url:
         ctx = browser.new_context(viewport={"width": 1200, "height": 900})
         page = ctx.new_page()
         try:
@@ -187,7 +100,7 @@ def _workflow(page, url: str, home: Path) -> None:
     _goto(page, url, "data")
     page.get_by_role("button", name="Load the synthetic demo movie").click()
     _wait_text(page, "Loaded: Synthetic demo")
-    _settle(page)
+    settle(page)
     _wait_text(page, "Your datasets")
     assert (home / "datasets" / "demo" / "meta.json").is_file()
     _shot(page, "1-data")
@@ -199,7 +112,7 @@ def _workflow(page, url: str, home: Path) -> None:
     _wait_text(page, "queued. Progress appears below")
     pre_job = _query(page)["pre_job"]
     _wait_text(page, "Keep these features as", timeout=240_000)  # shown once the job is done
-    _settle(page)
+    settle(page)
     _shot(page, "2-pretrain")
     from tapcore.verdicts import stored_job_verdict
 
@@ -218,7 +131,7 @@ def _workflow(page, url: str, home: Path) -> None:
     _wait_text(page, "queued. Progress appears below")
     head_job = _query(page)["head_job"]
     _wait_text(page, "Result on the held-out test windows", timeout=300_000)
-    _settle(page)
+    settle(page)
     _shot(page, "3-event-head")
     verdict = stored_job_verdict(home / "runs" / head_job)
     assert any(verdict.title in t for t in page.get_by_test_id(alert[verdict.level]).all_inner_texts())
@@ -238,13 +151,13 @@ def _workflow(page, url: str, home: Path) -> None:
     slider.focus()
     for _ in range(5):
         slider.press("ArrowRight")
-        _settle(page, quiet=0.5)
-    _settle(page)
+        settle(page, quiet=0.5)
+    settle(page)
     _wait_text(page, "frame 5 → 6", timeout=60_000)
     threshold = page.get_by_role("slider", name="Threshold (event probability)")
     threshold.focus()
     threshold.press("Home")  # the lowest threshold lists every candidate of this quickly trained head
-    _settle(page)
+    settle(page)
     _shot(page, "6-predict")
     shown = int(page.get_by_test_id("stMetric").filter(has_text="Events at this threshold")
                 .get_by_test_id("stMetricValue").inner_text())

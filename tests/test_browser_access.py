@@ -13,18 +13,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from test_browser import ARTIFACTS, CHROMIUM, _serve, _settle, _shot  # noqa: F401 (CHROMIUM: skip marker)
+from browser_kit import serve_app, settle  # scripts/browser_kit.py, loaded by tests/conftest.py
+from test_browser import _shot
 
 from tapcore.access import User
 from tapcore.auth import UserStore
 from tapcore.jobs.queue import JobQueue
 from tapcore.workspace import Workspace
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed at /usr/bin/chromium "
-                                                     "(apt-get install chromium; .ci/run does this)"),
-]
+pytestmark = pytest.mark.browser  # skipped without Debian's chromium (tests/conftest.py)
 
 PASSWORDS = {"ann": "ann-password-1", "bo": "bo-password-22"}
 
@@ -39,19 +36,8 @@ def lab_server(tmp_path_factory):
     tifffile.imwrite(buf, np.arange(4 * 24 * 24, dtype=np.uint16).reshape(4, 24, 24), photometric="minisblack")
     dataset = Workspace(home, User("ann")).save_upload(buf, name="ann-secret.tif").id
     job = JobQueue(home, User("ann")).submit({"kind": "pretrain", "params": {"dataset": dataset}})
-    with _serve(home) as url:
+    with serve_app(home, home.parent / "streamlit.log") as url:
         yield url, home, dataset, job
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -66,7 +52,7 @@ def _sign_in(page, name: str, password: str) -> None:
     page.get_by_label("User name").fill(name)
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Sign in").click()
-    _settle(page)
+    settle(page)
 
 
 def _body(page) -> str:
@@ -77,7 +63,7 @@ def test_browser_unauthenticated_sees_only_sign_in(lab_server, page):
     url, _, dataset, job = lab_server
     for path in ("data", "jobs", f"jobs?job={job}", "predict"):
         page.goto(f"{url}/{path}")
-        _settle(page, timeout=120)
+        settle(page, timeout=120)
         page.get_by_role("heading", name="Sign in", exact=True).wait_for(timeout=60_000)
         assert [h.inner_text().strip() for h in page.query_selector_all("h1")] == ["Sign in"], path
         assert page.query_selector('[data-testid="stSidebarNav"]') is None, path  # no page list
@@ -89,7 +75,7 @@ def test_browser_unauthenticated_sees_only_sign_in(lab_server, page):
 def test_browser_wrong_password_is_refused(lab_server, page):
     url = lab_server[0]
     page.goto(f"{url}/data")
-    _settle(page, timeout=120)
+    settle(page, timeout=120)
     _sign_in(page, "ann", "not-her-password")
     page.get_by_text("Not signed in: wrong user name or password").wait_for(timeout=30_000)
     assert [h.inner_text().strip() for h in page.query_selector_all("h1")] == ["Sign in"]
@@ -99,7 +85,7 @@ def test_browser_wrong_password_is_refused(lab_server, page):
 def test_browser_b_cannot_open_a_job_by_deep_link(lab_server, page):
     url, _, dataset, job = lab_server
     page.goto(f"{url}/jobs?job={job}")
-    _settle(page, timeout=120)
+    settle(page, timeout=120)
     _sign_in(page, "bo", PASSWORDS["bo"])
     page.get_by_text(f"Not allowed: bo may not open job '{job}'").wait_for(timeout=60_000)
     page.get_by_role("heading", name="Jobs", exact=True).wait_for()
@@ -111,7 +97,7 @@ def test_browser_b_cannot_open_a_job_by_deep_link(lab_server, page):
 def test_browser_b_cannot_see_a_dataset(lab_server, page):
     url, _, dataset, _ = lab_server
     page.goto(f"{url}/data?dataset={dataset}")
-    _settle(page, timeout=120)
+    settle(page, timeout=120)
     _sign_in(page, "bo", PASSWORDS["bo"])
     page.get_by_text("named in this link is not available to you").wait_for(timeout=60_000)
     body = _body(page)
@@ -122,10 +108,10 @@ def test_browser_b_cannot_see_a_dataset(lab_server, page):
 def test_browser_owner_sees_own_job_and_signs_out(lab_server, page):
     url, _, _, job = lab_server
     page.goto(f"{url}/jobs?job={job}")
-    _settle(page, timeout=120)
+    settle(page, timeout=120)
     _sign_in(page, "ann", PASSWORDS["ann"])
     page.get_by_text("One job").wait_for(timeout=60_000)
     assert "Not allowed" not in _body(page)
     page.get_by_role("button", name="Sign out").click()
-    _settle(page)
+    settle(page)
     page.get_by_role("heading", name="Sign in", exact=True).wait_for(timeout=30_000)

@@ -66,6 +66,7 @@ def _manual_gradcam(wrapper: torch.nn.Module, layer: torch.nn.Module, frames: np
     return cam
 
 
+@pytest.mark.slow  # TAP Grad-CAM by hand (the same hand computation for an event model stays fast below)
 def test_gradcam_tap_has_frame_shape_and_matches_hand_computation():
     from tapcore.explain import _TapArrow
 
@@ -82,7 +83,8 @@ def test_gradcam_tap_has_frame_shape_and_matches_hand_computation():
     np.testing.assert_allclose(cam, expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("target", ["sum", "location"])
+# "sum" stays in the fast loop; the location target: test_location_target_depends_on_the_location
+@pytest.mark.parametrize("target", ["sum", pytest.param("location", marks=pytest.mark.slow)])
 def test_gradcam_event_has_frame_shape_and_matches_hand_computation(target):
     from tapcore.explain import _EventEvidence
 
@@ -99,7 +101,8 @@ def test_gradcam_event_has_frame_shape_and_matches_hand_computation(target):
     np.testing.assert_allclose(cam, expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("head", ["resnet", "linear", "resnet_order"])
+@pytest.mark.parametrize("head", ["resnet", pytest.param("linear", marks=pytest.mark.slow),
+                                  pytest.param("resnet_order", marks=pytest.mark.slow)])
 def test_dense_event_logits_match_prediction(head):
     """The differentiable evidence Grad-CAM explains is the map tapcore.predict computes."""
     model = _event(head)

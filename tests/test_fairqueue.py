@@ -372,6 +372,7 @@ def _tiny_pretrain(dataset: str, epochs: int, seed: int) -> dict:
         "augment": {"enabled": False}, "model": {"base_channels": 4, "depth": 1, "features": 4, "head_channels": 4}}}}
 
 
+@pytest.mark.slow  # two worker processes, two training jobs, a SIGKILL and a restart (~30 s)
 def test_two_cpu_workers_run_two_jobs_at_once_and_a_killed_worker_is_restarted_and_resumes(tmp_path, monkeypatch):
     """The app's auto-start (``ensure_worker``) starts the supervisor with two CPU stand-in devices."""
     from tapcore.jobs.supervisor import read_status

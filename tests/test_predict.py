@@ -76,9 +76,13 @@ def _points(t_len: int, height: int, width: int, n: int, seed: int) -> np.ndarra
     return np.stack([rng.integers(0, t_len - 1, n), rng.integers(0, height, n), rng.integers(0, width, n)], 1)
 
 
-@pytest.mark.parametrize("head,crop,n_classes", [("resnet", 48, 2), ("linear", 48, 2),
-                                                 ("resnet_order", 16, 3), ("linear_invariant", 16, 2),
-                                                 ("resnet_lite", 48, 2), ("resnet_lite", 16, 3)])
+# the fast loop keeps one 2-class and one 3-class head; the other heads run in the full suite
+@pytest.mark.parametrize("head,crop,n_classes", [("resnet", 48, 2),
+                                                 pytest.param("linear", 48, 2, marks=pytest.mark.slow),
+                                                 ("resnet_order", 16, 3),
+                                                 pytest.param("linear_invariant", 16, 2, marks=pytest.mark.slow),
+                                                 pytest.param("resnet_lite", 48, 2, marks=pytest.mark.slow),
+                                                 pytest.param("resnet_lite", 16, 3, marks=pytest.mark.slow)])
 def test_dense_map_equals_head_on_centred_crops(head, crop, n_classes):
     model = _model(head, crop, n_classes)
     rng = np.random.default_rng(1)
@@ -178,6 +182,7 @@ def test_drop_repeats_keeps_the_most_probable_event_of_each_neighbourhood():
     assert sorted(drop_repeats(ev, frames=2, distance=2).index.tolist()) == [0, 1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow  # two whole-movie predictions (drop_repeats itself: the test above)
 def test_predict_movie_drops_repeats_across_frame_pairs():
     model = _detector(_model("resnet", 48))
     movie = (np.random.default_rng(5).random((4, 64, 70)) * 1000).astype(np.uint16)

@@ -104,6 +104,7 @@ def test_a_setgid_workspace_gives_everything_the_labs_group(tmp_path):
             assert stat.S_IMODE(st.st_mode) & 0o060 == 0o060, (p, oct(st.st_mode))  # group rw
 
 
+@pytest.mark.slow  # two CLI processes (TAPCORE_UMASK itself: test_apply_umask_from_env and the bad-value test)
 @pytest.mark.parametrize("env_umask, expected", [("0002", 0o664), (None, 0o600)])
 def test_the_cli_applies_tapcore_umask(tmp_path, env_umask, expected):
     """`tapcore ...` started with a private umask (077): TAPCORE_UMASK=0002 opens its files to the group."""

@@ -212,6 +212,7 @@ def test_cli_predict_checks_itself_like_evaluate_events(tiny_head, capsys):
     assert not (tmp / "p2").exists()
 
 
+@pytest.mark.slow  # pretrain + train-head through the CLI
 def test_cli_pretrain_and_train_head_print_a_verdict(tmp_path, capsys):
     from tapcore.cli import main
     from tapcore.io import write_tiff
