@@ -72,6 +72,18 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, movie):
     assert epochs == [1, 2]
 
 
+def test_resume_restores_an_epoch_line_lost_between_checkpoint_and_log(tmp_path, movie):
+    """A kill right after epoch 1's checkpoint and before its metrics line: the resumed run writes it."""
+    pretrain(movie, _tiny_cfg(epochs=2, max_time_s=1e-6), tmp_path / "b")
+    log = tmp_path / "b" / "metrics.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(x for x in lines if '"kind": "epoch"' not in x))  # the epoch-1 line never made it
+    resumed = pretrain(movie, _tiny_cfg(epochs=2), tmp_path / "b", resume=True)
+    epochs = [r for r in read_metrics(log) if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert epochs[0]["val_acc"] == resumed.history[0]["val_acc"]
+
+
 def test_metrics_checkpoint_bundle_and_progress(tmp_path, movie):
     records = []
     result = pretrain(movie, _tiny_cfg(epochs=1, seed=5), tmp_path / "tap", progress=records.append)
