@@ -126,6 +126,8 @@ class PredictConfig:
     min_distance: int = 24  # pixels; reported events are more than this apart in y or x (half a crop)
     repeat_frames: int = 2  # an event is a repeat of a more probable one of the same class within this many frame
     # pairs and min_distance pixels, and is dropped (one division shows in 2-3 neighbouring pairs); 0: keep all
+    exclusive_classes: bool = True  # one class per place and frame pair: a division and a death within
+    # min_distance pixels in the same frame pair -> only the more probable one is reported
     tile: int = 1280  # frames larger than this (pixels) go through the backbone in tiles of this side
     overlap: int = 64  # context pixels around each backbone tile (the U-Net's receptive radius is ~51)
     head_tile: int = 1024  # output tile side of the encoder and the FFT correlation (bounds their memory)
@@ -390,16 +392,18 @@ def _suppress_ties(pts: np.ndarray, d: int) -> np.ndarray:
     return pts[keep]
 
 
-def drop_repeats(events: pd.DataFrame, frames: int, distance: int) -> pd.DataFrame:
+def drop_repeats(events: pd.DataFrame, frames: int, distance: int, exclusive: bool = False) -> pd.DataFrame:
     """Keep one event per event: drop an event when a more probable one of the same class lies within
-    ``frames`` frame pairs and ``distance`` pixels (Chebyshev, as :func:`find_peaks`).
+    ``frames`` frame pairs and ``distance`` pixels (Chebyshev, as :func:`find_peaks`); with ``exclusive``
+    of any class (one event, of one class, per place and time: the dense maps of a division also rise,
+    less, for death in the same and neighbouring frame pairs, and the other way round).
 
     A division or death changes a cell over two or three consecutive frame pairs, and each of them can
     peak; greedy in order of decreasing probability (ties: earlier frame, then raster order), each kept
     event suppresses its neighbours in space and time. ``events`` needs ``frame, y, x, probability,
     class``; the kept rows come back in their original order and index.
     """
-    if frames <= 0 or len(events) < 2:
+    if (frames <= 0 and not exclusive) or len(events) < 2:
         return events
     order = np.lexsort((events["x"].to_numpy(), events["y"].to_numpy(), events["frame"].to_numpy(),
                         -events["probability"].to_numpy()))
@@ -409,8 +413,8 @@ def drop_repeats(events: pd.DataFrame, frames: int, distance: int) -> pd.DataFra
     keep = np.zeros(len(events), bool)
     kept: list[int] = []
     for i in order:
-        near = [j for j in kept if cls[j] == cls[i] and abs(f[j] - f[i]) <= frames
-                and np.abs(yx[j] - yx[i]).max() <= distance]
+        near = [j for j in kept if np.abs(yx[j] - yx[i]).max() <= distance
+                and abs(f[j] - f[i]) <= frames and (exclusive or cls[j] == cls[i])]
         if not near:
             keep[i] = True
             kept.append(i)
@@ -502,8 +506,9 @@ def predict_movie(movie: np.ndarray, model: Union[str, os.PathLike, EventDetecto
                             "probability": np.float64})
     per_frame = pd.DataFrame(summary, columns=PER_FRAME_COLUMNS).astype(
         {"frame": np.int64, "next_frame": np.int64, "n_events": np.int64})
-    if int(cfg.repeat_frames) > 0 and len(events) > 1:
-        events = drop_repeats(events, int(cfg.repeat_frames), int(cfg.min_distance)).reset_index(drop=True)
+    if (int(cfg.repeat_frames) > 0 or cfg.exclusive_classes) and len(events) > 1:
+        events = drop_repeats(events, int(cfg.repeat_frames), int(cfg.min_distance),
+                              bool(cfg.exclusive_classes)).reset_index(drop=True)
         counts = events["frame"].value_counts()
         per_frame["n_events"] = per_frame["frame"].map(counts).fillna(0).astype(np.int64)
     movie_sha = sha256_array(movie)

@@ -165,6 +165,29 @@ def test_resample_negatives_draws_fresh_negatives_from_the_pool_and_keeps_the_po
     assert len(seen) > 30  # fresh draws over the epochs reach beyond the first 15 negatives
 
 
+def test_border_crops_reach_beyond_the_frame_and_are_labelled_on_zero_padded_masks():
+    """border=b: crop corners from -b to size - crop + b; labels as if the masks were zero-padded (what
+    pair_windows gives the head), so an event at the very edge becomes a crop centre."""
+    masks = _movie_masks()
+    b = C // 2
+    cfg = CropPairConfig(pairs_per_frame=400, criterion="any_either", task="three_class", centre=16, border=b)
+    pairs = build_crop_pairs(masks, cfg)
+    co = np.concatenate([pairs.train_pool.coords, pairs.val.coords, pairs.test.coords])
+    assert co[:, 1].min() == -b and co[:, 2].min() == -b  # 4,400 draws: every extreme is hit
+    assert co[:, 1].max() == 100 - C + b and co[:, 2].max() == 160 - C + b
+    padded = np.pad(masks, ((0, 0), (b, b), (b, b)))
+    for split in (pairs.train_pool, pairs.val, pairs.test):
+        slow = [label_pair(padded[t, y + b:y + b + C, x + b:x + b + C], padded[t + 1, y + b:y + b + C, x + b:x + b + C],
+                           "any_either", 40, "three_class", centre=16) for t, y, x in split.coords]
+        assert split.labels.tolist() == slow
+    # border 0: every crop inside the frame (paper)
+    inside = build_crop_pairs(masks, CropPairConfig(pairs_per_frame=400, criterion="any_either", task="three_class"))
+    co0 = inside.test.coords
+    assert co0[:, 1:].min() >= 0 and co0[:, 1].max() <= 100 - C and co0[:, 2].max() <= 160 - C
+    with pytest.raises(ValueError, match="border"):
+        CropPairConfig(border=C // 2 + 1).validate()
+
+
 def test_time_split_no_shared_frames():
     masks = _movie_masks(t=21, seed=5)
     pairs = build_crop_pairs(masks, CropPairConfig(pairs_per_frame=50, criterion="any_either", split="time"))

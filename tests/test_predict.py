@@ -182,6 +182,21 @@ def test_drop_repeats_keeps_the_most_probable_event_of_each_neighbourhood():
     assert sorted(drop_repeats(ev, frames=2, distance=2).index.tolist()) == [0, 1, 2, 3, 4, 5]
 
 
+def test_exclusive_classes_keep_one_event_of_one_class_per_place_and_time():
+    ev = pd.DataFrame([
+        (10, 50, 50, 0.90, "division"),  # kept: the strongest
+        (11, 55, 52, 0.80, "death"),  # 1 pair later, 5 px away, other class: dropped when exclusive
+        (10, 50, 90, 0.60, "death"),  # 40 px away: kept
+        (13, 50, 50, 0.70, "death"),  # 3 pairs after the division: kept when exclusive (the 0.80 death it
+        # repeats is dropped then); without exclusive it is a repeat of that 0.80 death
+        (13, 60, 60, 0.65, "division"),  # same pair and 10 px from the 0.70 death: dropped when exclusive
+    ], columns=["frame", "y", "x", "probability", "class"])
+    assert sorted(drop_repeats(ev, frames=2, distance=24).index.tolist()) == [0, 1, 2, 4]
+    assert sorted(drop_repeats(ev, frames=2, distance=24, exclusive=True).index.tolist()) == [0, 2, 3]
+    # frames=0 with exclusive: only the same frame pair counts (the 0.80 death one pair later stays)
+    assert sorted(drop_repeats(ev, frames=0, distance=24, exclusive=True).index.tolist()) == [0, 1, 2, 3]
+
+
 @pytest.mark.slow  # two whole-movie predictions (drop_repeats itself: the test above)
 def test_predict_movie_drops_repeats_across_frame_pairs():
     model = _detector(_model("resnet", 48))
@@ -189,7 +204,7 @@ def test_predict_movie_drops_repeats_across_frame_pairs():
     every = predict_movie(movie, model, PredictConfig(threshold=0.0, min_distance=10, repeat_frames=0))
     kept = predict_movie(movie, model, PredictConfig(threshold=0.0, min_distance=10, repeat_frames=1))
     assert len(kept.events) < len(every.events)
-    want = drop_repeats(every.events, 1, 10).reset_index(drop=True)
+    want = drop_repeats(every.events, 1, 10, exclusive=True).reset_index(drop=True)
     pd.testing.assert_frame_equal(kept.events, want)
     assert kept.per_frame["n_events"].tolist() == [int((want["frame"] == t).sum()) for t in range(3)]
 

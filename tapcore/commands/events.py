@@ -34,7 +34,7 @@ def _add_dataset_args(p: argparse.ArgumentParser, criterion: bool = True, data_s
     from tapcore.events.dataset import CRITERIA, SPLITS, TASKS, CropPairConfig
 
     names = (["criterion"] if criterion else []) + ["min_area", "centre", "split", "task", "pairs_per_frame", "crop",
-                                                           "balance_ratio"] + \
+                                                           "balance_ratio", "border"] + \
         (["seed"] if data_seed else [])
     add_config_options(p, CropPairConfig, names, criterion={"choices": CRITERIA}, split={"choices": SPLITS},
                        task={"choices": TASKS}, seed={"flag": "--data-seed", "dest": "data_seed"})

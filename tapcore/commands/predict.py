@@ -129,7 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("movie", help="movie: TIFF, frame folder or Cell Tracking Challenge folder")
     p.add_argument("--model", required=True, help="event head bundle folder")
     p.add_argument("--out", required=True, help="output folder")
-    add_config_options(p, PredictConfig, ["threshold", "min_distance", "repeat_frames", "tile", "overlap", "head_tile", "batch",
+    add_config_options(p, PredictConfig, ["threshold", "min_distance", "repeat_frames", "exclusive_classes", "tile", "overlap", "head_tile", "batch",
                                           "device", "amp", "method", "pmin", "pmax", "num_threads"],
                        amp={"choices": AMP_MODES}, method={"choices": METHODS}, num_threads={"flag": "--threads"})
     add_config_options(p, PredictConfig, ["calibrate", "keep_maps"],

@@ -63,6 +63,9 @@ class CropPairConfig:
     centre: int = 0  # > 0: the criterion counts only the event pixels in each crop's central centre x centre
     # window (event-centred labels, for detection: a pair is an event when the event sits at its centre);
     # 0: the whole crop (paper)
+    border: int = 0  # crops may reach this many pixels beyond the frame edge (zeros there, as dense prediction
+    # sees a cell near the edge); crop // 2 lets every pixel of the frame be a crop centre, so the head has seen
+    # the windows it is applied to at the border; 0: crops inside the frame (paper)
     task: str = "event"  # "event" (binary, 1 = division or death) | "three_class" (0 none, 1 division, 2 death)
     split: str = "random"  # "random" (paper) | "time" | "region"
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train / validation / test (paper)
@@ -87,6 +90,8 @@ class CropPairConfig:
             raise ValueError(f"min_area must be >= 0 pixels, got {self.min_area}")
         if not float(self.balance_ratio) >= 1.0:
             raise ValueError(f"balance_ratio must be >= 1 (1 = equal class counts), got {self.balance_ratio}")
+        if not 0 <= int(self.border) <= int(self.crop) // 2:
+            raise ValueError(f"border must be between 0 and half the crop ({int(self.crop) // 2}), got {self.border}")
         if not 0 <= int(self.centre) <= int(self.crop):
             raise ValueError(f"centre must be between 0 (whole crop) and the crop size {self.crop}, got {self.centre}")
         fr = tuple(float(f) for f in self.fractions)
@@ -178,7 +183,11 @@ def _integral(frame_mask: np.ndarray) -> np.ndarray:
 
 
 def _box_sum(s: np.ndarray, y: np.ndarray, x: np.ndarray, crop: int) -> np.ndarray:
-    return s[y + crop, x + crop] - s[y, x + crop] - s[y + crop, x] + s[y, x]
+    """Sum of the ``crop x crop`` boxes at top-left ``(y, x)``; the parts outside the frame count 0."""
+    h, w = s.shape[0] - 1, s.shape[1] - 1
+    y0, y1 = np.clip(y, 0, h), np.clip(y + crop, 0, h)
+    x0, x1 = np.clip(x, 0, w), np.clip(x + crop, 0, w)
+    return s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0]
 
 
 def label_pair(mask_t: np.ndarray, mask_t1: np.ndarray, criterion: str = "size_either", min_area: int = 40,
@@ -269,10 +278,11 @@ def _region_bands(width: int, crop: int, fractions: tuple[float, float, float]) 
     return bands
 
 
-def _sample(rng: np.random.Generator, ts: np.ndarray, n_per: int, y_max: int, x_lo: int, x_hi: int) -> np.ndarray:
+def _sample(rng: np.random.Generator, ts: np.ndarray, n_per: int, y_max: int, x_lo: int, x_hi: int,
+            y_lo: int = 0) -> np.ndarray:
     """``n_per`` random top-left corners for each frame pair in ``ts``: ``(len(ts)*n_per, 3)``."""
     t = np.repeat(ts.astype(np.int64), n_per)
-    y = rng.integers(0, y_max + 1, size=len(t))
+    y = rng.integers(y_lo, y_max + 1, size=len(t))
     x = rng.integers(x_lo, x_hi + 1, size=len(t))
     return np.stack([t, y, x], axis=1)
 
@@ -379,9 +389,10 @@ def build_crop_pairs(masks: np.ndarray, cfg: Optional[CropPairConfig] = None,
     rng = np.random.default_rng(cfg.seed)
     n_pairs = t_len - 1
     regions: dict[str, Any] = {}
+    e = int(cfg.border)  # crops may start this far outside the frame
 
     if cfg.split == "random":
-        coords = _sample(rng, np.arange(n_pairs), int(cfg.pairs_per_frame), height - c, 0, width - c)
+        coords = _sample(rng, np.arange(n_pairs), int(cfg.pairs_per_frame), height - c + e, -e, width - c + e, -e)
         labels = label_coords(masks, coords, cfg)
         perm = rng.permutation(len(coords))
         n_train, n_val = _cut(len(coords), cfg.fractions)
@@ -393,7 +404,7 @@ def build_crop_pairs(masks: np.ndarray, cfg: Optional[CropPairConfig] = None,
         regions["time_ranges"] = {name: [a, b] for name, (a, b) in zip(("train", "val", "test"), ranges)}
         sets = []
         for a, b in ranges:
-            co = _sample(rng, np.arange(a, b), int(cfg.pairs_per_frame), height - c, 0, width - c)
+            co = _sample(rng, np.arange(a, b), int(cfg.pairs_per_frame), height - c + e, -e, width - c + e, -e)
             sets.append(CropSet(co, label_coords(masks, co, cfg)))
         total = sum(len(s) for s in sets)
     else:  # region
@@ -402,7 +413,7 @@ def build_crop_pairs(masks: np.ndarray, cfg: Optional[CropPairConfig] = None,
         sets = []
         for (a, b), frac in zip(bands, cfg.fractions):
             n_per = max(1, int(round(cfg.pairs_per_frame * frac)))
-            co = _sample(rng, np.arange(n_pairs), n_per, height - c, a, b - c)
+            co = _sample(rng, np.arange(n_pairs), n_per, height - c + e, a, b - c, -e)  # x stays in its band
             sets.append(CropSet(co, label_coords(masks, co, cfg)))
         total = sum(len(s) for s in sets)
 
