@@ -43,6 +43,7 @@ def main() -> int:
         ("explain", "explain?exp_dataset=demo&exp_model=shipped:demo"),
         ("predict", "predict?pred_dataset=demo&pred_model=shipped:demo"),
         ("jobs", f"jobs?job={done['train_head']}"),
+        ("audit", "audit"),
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
