@@ -19,6 +19,9 @@ STRATEGY_HELP = {
     "A2": "A2 · TAP features (frozen) + lite ResNet head (16 channels): about 10x less work than A1, for CPUs",
     "B2": "B2 · random fixed features + lite ResNet head (baseline for A2)",
     "C2": "C2 · whole network trained from scratch, lite ResNet head (baseline for A2, slow)",
+    "A3": "A3 · TAP features (frozen) + order-aware lite ResNet head: the demo model's, for CPUs",
+    "B3": "B3 · random fixed features + order-aware lite ResNet head (baseline for A3)",
+    "C3": "C3 · whole network trained from scratch, order-aware lite ResNet head (baseline for A3, slow)",
 }
 CRITERIA = {
     "size_either": "a window counts as an event when more than N event pixels are in either frame (paper)",
@@ -26,13 +29,32 @@ CRITERIA = {
     "any_both": "event pixels in both frames",
 }
 
+#: settings a preset adds beyond the form's fields (shown under the form while they apply)
+CPU_RECIPE = {"lr": 5e-4, "batch_size": 32, "resample_negatives": True, "keep_best": True,
+              "dataset": {"centre": 16, "border": 16, "balance_ratio": 3}}
 PRESETS = {
     "quick": {"label": "Quick test (a minute on a laptop)", "head_strategy": "A0", "head_epochs": 2, "head_crop": 32,
-              "head_pairs": 40, "head_criterion": "any_either", "head_min_area": 40},
+              "head_pairs": 40, "head_criterion": "any_either", "head_min_area": 40, "head_task": "event",
+              "head_recipe": {}},
+    "cpu": {"label": "CPU settings (the demo model's recipe: order-aware lite head, event-centred windows; minutes "
+                     "on a CPU)", "head_strategy": "A3", "head_epochs": 10, "head_crop": 32, "head_pairs": 1000,
+            "head_criterion": "any_both", "head_min_area": 40, "head_task": "three_class", "head_recipe": CPU_RECIPE},
     "paper": {"label": "Paper settings (ResNet head, 30 epochs; GPU recommended)", "head_strategy": "A1",
               "head_epochs": 30, "head_crop": 48, "head_pairs": 1000, "head_criterion": "size_either",
-              "head_min_area": 40},
+              "head_min_area": 40, "head_task": "event", "head_recipe": {}},
 }
+
+
+def _with_recipe(config: dict) -> dict:
+    """The form's head config with the chosen preset's extra settings (``head_recipe``) added."""
+    recipe = st.session_state.get("head_recipe") or {}
+    ds = {**config["dataset"], **recipe.get("dataset", {})}
+    crop = int(ds.get("crop", 48))
+    if "border" in ds:  # at most half the window, whatever window size was chosen
+        ds["border"] = min(int(ds["border"]), crop // 2)
+    if "centre" in ds:
+        ds["centre"] = min(int(ds["centre"]), crop)
+    return {**config, **{k: v for k, v in recipe.items() if k != "dataset"}, "dataset": ds}
 
 
 def apply_preset() -> None:
@@ -73,8 +95,9 @@ def _show_estimate(dataset, tap_ref: str) -> None:
         b = model_bin(bundle)
         ds = {"crop": int(ss["head_crop"]), "pairs_per_frame": int(ss["head_pairs"]), "criterion": ss["head_criterion"],
               "min_area": int(ss["head_min_area"]), "task": ss.get("head_task", "event"), "seed": int(ss.get("head_seed", 0))}
-        cfg = config_from_dict(HeadConfig, {"strategy": ss["head_strategy"], "epochs": int(ss["head_epochs"]),
-                                            "device": DEVICE, "dataset": ds})
+        full = _with_recipe({"strategy": ss["head_strategy"], "epochs": int(ss["head_epochs"]), "dataset": ds})
+        ds = full["dataset"]
+        cfg = config_from_dict(HeadConfig, {**full, "device": DEVICE})
         n_train, n_val, n_test = _pair_counts(dataset.id, dataset.sha256 + str(dataset.meta.get("masks_sha256")), b,
                                               json.dumps(ds, sort_keys=True))
         t_len, height, width = dataset.shape
@@ -91,8 +114,8 @@ def _show_estimate(dataset, tap_ref: str) -> None:
     st.caption(est.explanation)
 
 
-if "head_epochs" not in st.session_state:  # first visit: the paper's settings
-    st.session_state["head_preset"] = "paper"
+if "head_epochs" not in st.session_state:  # first visit: the settings that fit the worker's device
+    st.session_state["head_preset"] = "cpu" if DEVICE == "cpu" else "paper"
     apply_preset()
 
 st.title("Event head")
@@ -144,14 +167,20 @@ if dataset is not None and tap_ref is not None:
         seed = c7.number_input("Random seed", 0, 1_000_000, 0, key="head_seed",
                                help="Same seed + same data = same result.")
         calibrate = c8.checkbox("Calibrate probabilities after training", value=True, key="head_calibrate")
+        if st.session_state.get("head_recipe"):
+            st.caption("These settings also use: windows labelled by their central 16 x 16 px only (an event is "
+                       "where the cell divides or dies, not a window that merely touches one), windows reaching "
+                       "16 px past the frame edge (as prediction sees cells there), 3 windows without an event "
+                       "per event window, drawn afresh every epoch, learning rate 5e-4, and the epoch with the "
+                       "lowest validation loss.")
         _show_estimate(dataset, tap_ref)
         b1, b2 = st.columns(2)
         b1.form_submit_button("Update estimate", help="Re-estimate the duration after changing values above.")
         go = b2.form_submit_button("Start training", type="primary")
     if go:
-        config = {"strategy": strategy, "epochs": int(epochs), "seed": int(seed),
-                  "dataset": {"crop": int(crop), "pairs_per_frame": int(pairs), "criterion": criterion,
-                              "min_area": int(min_area), "task": task, "seed": int(seed)}}
+        config = _with_recipe({"strategy": strategy, "epochs": int(epochs), "seed": int(seed),
+                               "dataset": {"crop": int(crop), "pairs_per_frame": int(pairs), "criterion": criterion,
+                                           "min_area": int(min_area), "task": task, "seed": int(seed)}})
         start_job("train_head", {"dataset": dataset.id, "tap_model": tap_ref, "config": config,
                                  "calibrate": bool(calibrate)}, url_key="head_job")
 

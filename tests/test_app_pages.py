@@ -165,6 +165,33 @@ def test_event_head_job_then_evaluate_page(home):
     assert "Before calibration: ECE = " in titles and "After calibration: ECE = " in titles
 
 
+def test_event_head_page_opens_on_the_cpu_recipe_on_a_cpu_and_the_job_gets_all_of_it(home):
+    """On a CPU worker the page starts on the CPU settings (A3, 32 px, event-centred three-class windows);
+    the job's config carries the recipe's extra settings, and the paper preset drops them again."""
+    _small_demo(home)
+    tap_ref = _tiny_tap(home)
+    at = _app("pages/event_head.py")
+    at.selectbox(key="tap_model").set_value(tap_ref).run()
+    assert at.selectbox(key="head_preset").value == "cpu"
+    assert at.selectbox(key="head_strategy").value == "A3" and at.number_input(key="head_crop").value == 32
+    assert at.radio(key="head_task").value == "three_class" and at.selectbox(key="head_criterion").value == "any_both"
+    assert any("central 16 x 16 px" in c.value for c in at.caption)
+    at.number_input(key="head_crop").set_value(24)  # a smaller window: the border follows (at most half of it)
+    at.button(key="FormSubmitter:head_form-Start training").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    (job,) = JobQueue(home).list()
+    cfg = job.spec["params"]["config"]
+    assert cfg["strategy"] == "A3" and cfg["resample_negatives"] is True and cfg["keep_best"] is True
+    assert cfg["lr"] == 5e-4 and cfg["dataset"]["crop"] == 24
+    assert (cfg["dataset"]["centre"], cfg["dataset"]["border"], cfg["dataset"]["balance_ratio"]) == (16, 12, 3)
+    from tapcore.config import config_from_dict
+    from tapcore.events.train import HeadConfig
+
+    assert config_from_dict(HeadConfig, cfg).validate().head_name == "resnet_lite_order"  # the job can run it
+    at.selectbox(key="head_preset").set_value("paper").run()
+    assert at.selectbox(key="head_strategy").value == "A1" and not any("central 16" in c.value for c in at.caption)
+
+
 @pytest.fixture(scope="module")
 def trained_home(tmp_path_factory) -> Path:
     """A workspace with the small demo, a tiny TAP bundle and a calibrated A0 head trained on it."""

@@ -77,9 +77,14 @@ STRATEGIES: dict[str, tuple[str, str, bool]] = {
     "A2": ("tap", "resnet_lite", True),
     "B2": ("random", "resnet_lite", True),
     "C2": ("random", "resnet_lite", False),
+    # ours: the order-aware CPU head (resnet_lite_order: the two frames kept apart), the demo model's
+    "A3": ("tap", "resnet_lite_order", True),
+    "B3": ("random", "resnet_lite_order", True),
+    "C3": ("random", "resnet_lite_order", False),
 }
 #: paper's fine-tuning epochs per head family (the lite ResNet head follows the ResNet schedule)
-PAPER_EPOCHS = {"linear": 10, "linear_invariant": 10, "resnet": 30, "resnet_order": 30, "resnet_lite": 30}
+PAPER_EPOCHS = {"linear": 10, "linear_invariant": 10, "resnet": 30, "resnet_order": 30, "resnet_lite": 30,
+                "resnet_lite_order": 30}
 
 
 @dataclass
