@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tapcore.access import AccessDenied, User
-from tapcore.utils import sqlite_connect, sqlite_init
+from tapcore.utils import newest_first, sqlite_connect, sqlite_init
 
 logger = logging.getLogger(__name__)
 
@@ -81,17 +81,8 @@ class AuditLog:
         if not acting.is_admin:
             raise AccessDenied(f"{acting.name} may not read the audit trail: it is for admins; "
                                "ask an admin (tapcore users list shows them)")
-        sql, args, clauses = "SELECT * FROM audit", [], []
-        if user:
-            clauses.append("user = ?")
-            args.append(user)
-        if action:
-            clauses.append("action = ?")
-            args.append(action)
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        args.append(int(limit))
+        sql, args = newest_first("audit", [f for f in (("user = ?", [user]), ("action = ?", [action])) if f[1][0]],
+                                 limit)
         con = self._connect()
         try:
             return [AuditEntry(*row) for row in con.execute(sql, args).fetchall()]

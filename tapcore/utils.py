@@ -186,6 +186,15 @@ def sqlite_connect(path: str | os.PathLike, timeout_s: float = 30.0) -> "sqlite3
     return con
 
 
+def newest_first(table: str, filters: list[tuple[str, list]], limit: int) -> tuple[str, list]:
+    """``SELECT * FROM table [WHERE c1 AND c2 ...] ORDER BY seq DESC LIMIT ?`` and its arguments;
+    ``filters``: ``(clause with ? placeholders, its values)`` for each filter that applies."""
+    sql = f"SELECT * FROM {table}"
+    if filters:
+        sql += " WHERE " + " AND ".join(clause for clause, _ in filters)
+    return sql + " ORDER BY seq DESC LIMIT ?", [v for _, values in filters for v in values] + [int(limit)]
+
+
 def sqlite_init(path: str | os.PathLike, schema: str, mode: int = 0o666) -> None:
     """Create the database file (with ``mode`` under the umask, :func:`create_file`) and its schema
     (``schema``: idempotent ``CREATE ... IF NOT EXISTS`` statements)."""

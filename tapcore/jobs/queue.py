@@ -39,7 +39,7 @@ from typing import Any, Iterator
 from tapcore import audit
 from tapcore.access import AccessDenied, User, can_read, check_change, check_read, run_access, write_access
 from tapcore.utils import (DiskFullError, atomic_write_json, create_file, explain_disk_full, read_json,
-                           sqlite_connect)
+                           newest_first, sqlite_connect)
 
 logger = logging.getLogger(__name__)
 
@@ -376,18 +376,12 @@ class JobQueue:
     def list(self, states: tuple[str, ...] | None = None, kind: str | None = None, limit: int = 500) -> list[Job]:
         """Jobs, newest first, optionally filtered by state and kind (Slurm jobs follow squeue first)."""
         self.refresh_slurm()
-        sql = "SELECT * FROM jobs"
-        clauses, args = [], []
+        filters = []
         if states:
-            clauses.append(f"state IN ({','.join('?' * len(states))})")
-            args.extend(states)
+            filters.append((f"state IN ({','.join('?' * len(states))})", list(states)))
         if kind:
-            clauses.append("kind = ?")
-            args.append(kind)
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        args.append(int(limit))
+            filters.append(("kind = ?", [kind]))
+        sql, args = newest_first("jobs", filters, limit)
         con = self._connect()
         try:
             rows = con.execute(sql, args).fetchall()
