@@ -1,4 +1,4 @@
-"""Train the small demo model shipped in ``models/demo/`` (CPU: 482 s at 1 thread, measured on a busy 2-core machine).
+"""Train the small demo model shipped in ``models/demo/`` (CPU: 295 s at 2 threads on this 2-core machine, load 1-2).
 
 The app opens on the synthetic demo movie (``tapcore.synthetic.SynthConfig()``, seed 0) and this
 model, so a new user sees predictions at once. Steps, all with the library's public functions:
