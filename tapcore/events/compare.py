@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 FEATURE_LABELS = {"A": "TAP", "B": "random (fixed)", "C": "random (trained)"}
 HEAD_LABELS = {"linear": "linear", "resnet": "Resnet", "linear_invariant": "linear (invariant)",
-               "resnet_order": "Resnet (order)", "resnet_lite": "Resnet lite (16 ch)"}
+               "resnet_order": "Resnet (order)", "resnet_lite": "Resnet lite (16 ch)",
+               "resnet_lite_order": "Resnet lite (16 ch, order)"}
 CRITERION_LABELS = {"any_both": "any size, both", "any_either": "any size, either", "size_either": "size filter, either"}
 
 
