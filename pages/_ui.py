@@ -240,6 +240,17 @@ def finished_banner(job: Job, ok_text: str) -> None:
 
 
 # -- workspace and queue -----------------------------------------------------------------------
+def keep_model_form(job: Job, label: str, default_name: str, key: str) -> None:
+    """"Keep this run's model as NAME": a name field and a button that saves ``run:<job id>`` under it."""
+    name = st.text_input(label, value=default_name, key=f"{key}_name")
+    if st.button("Keep model", key=key):
+        try:
+            ref = workspace().save_model(f"run:{job.id}", name)
+            st.success(f"Saved as {ref}.")
+        except ValueError as exc:
+            st.error(str(exc))
+
+
 def workspace() -> Workspace:
     """The workspace as the signed-in user sees it (AccessDenied for anything not theirs or shared)."""
     return Workspace(home(), current_user())

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages._ui import (finished_banner, page_setup, dataset_picker, live_job, load_masks, model_picker, per_class_table,
+from pages._ui import (finished_banner, keep_model_form, page_setup, dataset_picker, live_job, load_masks, model_picker, per_class_table,
                        start_job, workspace)
 from tapcore.estimate import estimate_head, worker_device
 from tapcore.workspace import home
@@ -204,13 +204,7 @@ elif job.state == "done":
                          width="stretch")
             st.caption("Precision: of the windows called events, the share that were events. "
                        "Recall: of the true events, the share that were found. Details on the **Evaluate** page.")
-    name = st.text_input("Keep this model as", value=f"head-{job.id[:15]}", key="head_keep_name")
-    if st.button("Keep model", key="head_keep"):
-        try:
-            ref = workspace().save_model(f"run:{job.id}", name)
-            st.success(f"Saved as {ref}.")
-        except ValueError as exc:
-            st.error(str(exc))
+    keep_model_form(job, "Keep this model as", f"head-{job.id[:15]}", key="head_keep")
 
 with st.expander("Compare strategies (paper Table 2)"):
     st.write("Trains several strategies several times each on the same windows and reports mean and "

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages._ui import finished_banner, page_setup, dataset_picker, live_job, start_job, workspace
+from pages._ui import finished_banner, keep_model_form, page_setup, dataset_picker, live_job, start_job
 from tapcore.config import config_to_dict
 from tapcore.estimate import estimate_pretrain, worker_device
 from tapcore.presets import PRESET_HELP, apply_preset as preset_config, default_preset
@@ -134,10 +134,4 @@ if job is None:
 elif job.state == "done":
     finished_banner(job, "Pretraining finished. Use these features on the **Event head** page "
                          f"(listed as '{job.id} (TAP features; run)').")
-    name = st.text_input("Keep these features as", value=f"tap-{job.id[:15]}", key="pre_keep_name")
-    if st.button("Keep model", key="pre_keep"):
-        try:
-            ref = workspace().save_model(f"run:{job.id}", name)
-            st.success(f"Saved as {ref}.")
-        except ValueError as exc:
-            st.error(str(exc))
+    keep_model_form(job, "Keep these features as", f"tap-{job.id[:15]}", key="pre_keep")

@@ -154,6 +154,10 @@ def test_event_head_job_then_evaluate_page(home):
     assert not at.exception
     assert "Result on the held-out test windows" in [s.value for s in at.subheader]
     assert "Finished" in [p.proto.text for p in at.get("progress")][0]
+    at.text_input(key="head_keep_name").set_value("my-head")
+    at.button(key="head_keep").click().run()  # keep the run's model under a name
+    assert not at.exception and any("Saved as" in x.value for x in at.success), [x.value for x in at.error]
+    assert (Workspace(home).models_dir / "my-head" / "config.json").is_file()
 
     at.switch_page("pages/evaluate.py").run()
     assert not at.exception
