@@ -5,6 +5,7 @@ import streamlit as st
 from pages._ui import (finished_banner, keep_model_form, page_setup, dataset_picker, live_job, load_masks, model_picker, per_class_table,
                        start_job, workspace)
 from tapcore.estimate import estimate_head, worker_device
+from tapcore.presets import HEAD_CPU
 from tapcore.workspace import home
 
 page_setup()
@@ -29,16 +30,19 @@ CRITERIA = {
     "any_both": "event pixels in both frames",
 }
 
-#: settings a preset adds beyond the form's fields (shown under the form while they apply)
-CPU_RECIPE = {"lr": 5e-4, "batch_size": 32, "resample_negatives": True, "keep_best": True,
-              "dataset": {"centre": 16, "border": 16, "balance_ratio": 3}}
+#: the form's fields that the CPU recipe (tapcore.presets.HEAD_CPU) fills in; the rest of it is "head_recipe"
+_FORM_DATASET_KEYS = ("crop", "pairs_per_frame", "criterion", "task")
+CPU_RECIPE = {**{k: v for k, v in HEAD_CPU.items() if k not in ("head", "epochs", "dataset")},  # head: strategy A3
+              "dataset": {k: v for k, v in HEAD_CPU["dataset"].items() if k not in _FORM_DATASET_KEYS}}
 PRESETS = {
     "quick": {"label": "Quick test (a minute on a laptop)", "head_strategy": "A0", "head_epochs": 2, "head_crop": 32,
               "head_pairs": 40, "head_criterion": "any_either", "head_min_area": 40, "head_task": "event",
               "head_recipe": {}},
     "cpu": {"label": "CPU settings (the demo model's recipe: order-aware lite head, event-centred windows; minutes "
-                     "on a CPU)", "head_strategy": "A3", "head_epochs": 10, "head_crop": 32, "head_pairs": 1000,
-            "head_criterion": "any_both", "head_min_area": 40, "head_task": "three_class", "head_recipe": CPU_RECIPE},
+                     "on a CPU)", "head_strategy": "A3", "head_epochs": HEAD_CPU["epochs"],
+            "head_crop": HEAD_CPU["dataset"]["crop"], "head_pairs": HEAD_CPU["dataset"]["pairs_per_frame"],
+            "head_criterion": HEAD_CPU["dataset"]["criterion"], "head_min_area": 40,
+            "head_task": HEAD_CPU["dataset"]["task"], "head_recipe": CPU_RECIPE},
     "paper": {"label": "Paper settings (ResNet head, 30 epochs; GPU recommended)", "head_strategy": "A1",
               "head_epochs": 30, "head_crop": 48, "head_pairs": 1000, "head_criterion": "size_either",
               "head_min_area": 40, "head_task": "event", "head_recipe": {}},
@@ -167,12 +171,14 @@ if dataset is not None and tap_ref is not None:
         seed = c7.number_input("Random seed", 0, 1_000_000, 0, key="head_seed",
                                help="Same seed + same data = same result.")
         calibrate = c8.checkbox("Calibrate probabilities after training", value=True, key="head_calibrate")
-        if st.session_state.get("head_recipe"):
-            st.caption("These settings also use: windows labelled by their central 16 x 16 px only (an event is "
-                       "where the cell divides or dies, not a window that merely touches one), windows reaching "
-                       "16 px past the frame edge (as prediction sees cells there), 3 windows without an event "
-                       "per event window, drawn afresh every epoch, learning rate 5e-4, and the epoch with the "
-                       "lowest validation loss.")
+        recipe = st.session_state.get("head_recipe")
+        if recipe:
+            rd = recipe["dataset"]
+            st.caption(f"These settings also use: windows labelled by their central {rd['centre']} x {rd['centre']} "
+                       "px only (an event is where the cell divides or dies, not a window that merely touches "
+                       f"one), windows reaching {rd['border']} px past the frame edge (as prediction sees cells "
+                       f"there), {rd['balance_ratio']} windows without an event per event window, drawn afresh "
+                       f"every epoch, learning rate {recipe['lr']:g}, and the epoch with the lowest validation loss.")
         _show_estimate(dataset, tap_ref)
         b1, b2 = st.columns(2)
         b1.form_submit_button("Update estimate", help="Re-estimate the duration after changing values above.")

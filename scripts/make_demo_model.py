@@ -45,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tapcore.presets import HEAD_CPU
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: The demo's TAP network (documented above): small enough for CPU and for git.
@@ -52,13 +54,11 @@ SMALL_TAP = {"base_channels": 8, "depth": 2, "features": 16, "head_channels": 16
 #: Pretraining settings for the demo (paper defaults for everything not listed).
 PRETRAIN = {"epochs": 8, "samples_per_epoch": 1024, "batch_size": 32, "patch": 48, "lr": 1e-3, "val_samples": 512,
             "seed": 0, "augment": {"enabled": False}}
-#: Head settings: A1 (TAP features frozen + ResNet head) with the ResNet head at 16 instead of 64 channels,
-#: order-aware (``resnet_lite_order``; the paper's 64-channel head needs ~0.12 s per training pair on one CPU
-#: thread, i.e. an hour for this run), division / death / nothing.
-HEAD = {"strategy": "A1", "head": "resnet_lite_order", "epochs": 10, "batch_size": 32, "lr": 5e-4, "seed": 0,
-        "epoch_val_pairs": 1000, "resample_negatives": True, "keep_best": True,
-        "dataset": {"task": "three_class", "criterion": "any_both", "centre": 16, "crop": 32, "border": 16,
-                    "balance_ratio": 3, "pairs_per_frame": 1000, "seed": 0}}
+#: Head settings: A1 (TAP features frozen + ResNet head) with the library's CPU recipe (``tapcore.presets.HEAD_CPU``,
+#: also the Event head page's "CPU settings"): the ResNet head at 16 instead of 64 channels, order-aware
+#: (``resnet_lite_order``; the paper's 64-channel head needs ~0.12 s per training pair on one CPU thread, i.e.
+#: an hour for this run), division / death / nothing.
+HEAD = {"strategy": "A1", "seed": 0, "epoch_val_pairs": 1000, **HEAD_CPU, "dataset": {**HEAD_CPU["dataset"], "seed": 0}}
 MAX_FILE_BYTES = 2 * 1024 * 1024
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping, Optional
 
-__all__ = ["PRESETS", "PRESET_HELP", "DEFAULT_PRESET", "preset_names", "preset_overrides", "apply_preset",
+__all__ = ["PRESETS", "PRESET_HELP", "DEFAULT_PRESET", "HEAD_CPU", "preset_names", "preset_overrides", "apply_preset",
            "default_preset"]
 
 #: name -> PretrainConfig overrides (nested dicts for ``model`` / ``augment``). Tune values here only.
@@ -65,6 +65,22 @@ PRESET_HELP: dict[str, str] = {
 
 #: the preset when nothing else is known
 DEFAULT_PRESET = "paper"
+
+#: The event-head recipe for CPUs (:class:`~tapcore.events.train.HeadConfig` overrides): the shipped demo
+#: model's (``scripts/make_demo_model.py``) and the Event head page's "CPU settings". An order-aware lite
+#: ResNet head on 32 px event-centred windows (division / death / nothing), windows reaching half a window
+#: past the frame edge, 3 negatives per rare event drawn afresh every epoch, the best epoch kept;
+#: docs/results.md ("Demo model") has the experiments behind each value. Tune values here only.
+HEAD_CPU: dict[str, Any] = {
+    "head": "resnet_lite_order",
+    "epochs": 10,
+    "batch_size": 32,
+    "lr": 5e-4,
+    "resample_negatives": True,
+    "keep_best": True,
+    "dataset": {"task": "three_class", "criterion": "any_both", "centre": 16, "crop": 32, "border": 16,
+                "balance_ratio": 3, "pairs_per_frame": 1000},
+}
 
 
 def preset_names() -> list[str]:
