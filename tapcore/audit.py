@@ -81,8 +81,8 @@ class AuditLog:
         if not acting.is_admin:
             raise AccessDenied(f"{acting.name} may not read the audit trail: it is for admins; "
                                "ask an admin (tapcore users list shows them)")
-        sql, args = newest_first("audit", [f for f in (("user = ?", [user]), ("action = ?", [action])) if f[1][0]],
-                                 limit)
+        filters = [(clause, [value]) for clause, value in (("user = ?", user), ("action = ?", action)) if value]
+        sql, args = newest_first("audit", filters, limit)
         con = self._connect()
         try:
             return [AuditEntry(*row) for row in con.execute(sql, args).fetchall()]

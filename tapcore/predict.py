@@ -126,8 +126,8 @@ class PredictConfig:
     min_distance: int = 24  # pixels; reported events are more than this apart in y or x (half a crop)
     repeat_frames: int = 2  # an event is a repeat of a more probable one of the same class within this many frame
     # pairs and min_distance pixels, and is dropped (one division shows in 2-3 neighbouring pairs); 0: keep all
-    exclusive_classes: bool = True  # one class per place and frame pair: a division and a death within
-    # min_distance pixels in the same frame pair -> only the more probable one is reported
+    exclusive_classes: bool = True  # one event of one class per place and time: a division and a death within
+    # min_distance pixels and repeat_frames frame pairs (the same pair when 0) -> only the more probable one
     tile: int = 1280  # frames larger than this (pixels) go through the backbone in tiles of this side
     overlap: int = 64  # context pixels around each backbone tile (the U-Net's receptive radius is ~51)
     head_tile: int = 1024  # output tile side of the encoder and the FFT correlation (bounds their memory)

@@ -278,11 +278,12 @@ def _region_bands(width: int, crop: int, fractions: tuple[float, float, float]) 
     return bands
 
 
-def _sample(rng: np.random.Generator, ts: np.ndarray, n_per: int, y_max: int, x_lo: int, x_hi: int,
-            y_lo: int = 0) -> np.ndarray:
-    """``n_per`` random top-left corners for each frame pair in ``ts``: ``(len(ts)*n_per, 3)``."""
+def _sample(rng: np.random.Generator, ts: np.ndarray, n_per: int, y_lo: int, y_hi: int, x_lo: int,
+            x_hi: int) -> np.ndarray:
+    """``n_per`` random top-left corners (``y_lo..y_hi``, ``x_lo..x_hi``, inclusive) for each frame pair in
+    ``ts``: ``(len(ts)*n_per, 3)``."""
     t = np.repeat(ts.astype(np.int64), n_per)
-    y = rng.integers(y_lo, y_max + 1, size=len(t))
+    y = rng.integers(y_lo, y_hi + 1, size=len(t))
     x = rng.integers(x_lo, x_hi + 1, size=len(t))
     return np.stack([t, y, x], axis=1)
 
@@ -392,7 +393,7 @@ def build_crop_pairs(masks: np.ndarray, cfg: Optional[CropPairConfig] = None,
     e = int(cfg.border)  # crops may start this far outside the frame
 
     if cfg.split == "random":
-        coords = _sample(rng, np.arange(n_pairs), int(cfg.pairs_per_frame), height - c + e, -e, width - c + e, -e)
+        coords = _sample(rng, np.arange(n_pairs), int(cfg.pairs_per_frame), -e, height - c + e, -e, width - c + e)
         labels = label_coords(masks, coords, cfg)
         perm = rng.permutation(len(coords))
         n_train, n_val = _cut(len(coords), cfg.fractions)
@@ -404,7 +405,7 @@ def build_crop_pairs(masks: np.ndarray, cfg: Optional[CropPairConfig] = None,
         regions["time_ranges"] = {name: [a, b] for name, (a, b) in zip(("train", "val", "test"), ranges)}
         sets = []
         for a, b in ranges:
-            co = _sample(rng, np.arange(a, b), int(cfg.pairs_per_frame), height - c + e, -e, width - c + e, -e)
+            co = _sample(rng, np.arange(a, b), int(cfg.pairs_per_frame), -e, height - c + e, -e, width - c + e)
             sets.append(CropSet(co, label_coords(masks, co, cfg)))
         total = sum(len(s) for s in sets)
     else:  # region
@@ -413,7 +414,7 @@ def build_crop_pairs(masks: np.ndarray, cfg: Optional[CropPairConfig] = None,
         sets = []
         for (a, b), frac in zip(bands, cfg.fractions):
             n_per = max(1, int(round(cfg.pairs_per_frame * frac)))
-            co = _sample(rng, np.arange(n_pairs), n_per, height - c + e, a, b - c, -e)  # x stays in its band
+            co = _sample(rng, np.arange(n_pairs), n_per, -e, height - c + e, a, b - c)  # x stays in its band
             sets.append(CropSet(co, label_coords(masks, co, cfg)))
         total = sum(len(s) for s in sets)
 

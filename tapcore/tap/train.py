@@ -38,7 +38,7 @@ import torch
 
 from tapcore import distributed as ddp
 from tapcore.config import config_to_dict
-from tapcore.progress import MetricsLog, ProgressFn, chain, read_metrics
+from tapcore.progress import MetricsLog, ProgressFn, chain
 from tapcore.tap.data import AugmentConfig, PairSampler, extract_pairs, flip_order, sample_pair_coords
 from tapcore.tap.loss import tap_loss
 from tapcore.tap.model import TapConfig, TapModel
@@ -468,12 +468,13 @@ def pretrain(movie: np.ndarray, cfg: Optional[PretrainConfig] = None, out_dir: s
         if cfg.compile and device.startswith("cuda"):
             forward = torch.compile(forward)
 
-    report = chain(progress, MetricsLog(out_dir / "metrics.jsonl")) if dist_info.main else None
-    if dist_info.main and history:  # resumed: a stop between the checkpoint and its epoch line lost that line
-        logged = {r.get("epoch") for r in read_metrics(out_dir / "metrics.jsonl") if r.get("kind") == "epoch"}
+    log = MetricsLog(out_dir / "metrics.jsonl") if dist_info.main else None
+    report = chain(progress, log) if log is not None else None
+    if log is not None and history:  # resumed: a stop between the checkpoint and its epoch line lost that line
+        logged = {r.get("epoch") for r in log.read() if r.get("kind") == "epoch"}
         for record in history:
             if record.get("epoch") not in logged:
-                MetricsLog(out_dir / "metrics.jsonl")(record)
+                log(record)
     logger.info("TAP pretraining on %s: %d epochs x %d steps x %d pairs (%d x %d px)%s", device, cfg.epochs,
                 cfg.steps_per_epoch, cfg.batch_size, cfg.patch, cfg.patch,
                 f"; process {dist_info.rank} of {dist_info.world_size}" if dist_info.enabled else "")
