@@ -55,6 +55,14 @@ def _sign_in(page, name: str, password: str) -> None:
     settle(page)
 
 
+def _open_as(page, url: str, name: str, password: str, expect: str, timeout_ms: int = 60_000) -> None:
+    """Open ``url`` (the sign-in form comes first), sign in, and wait for the text ``expect``."""
+    page.goto(url)
+    settle(page, timeout=120)
+    _sign_in(page, name, password)
+    page.get_by_text(expect).wait_for(timeout=timeout_ms)
+
+
 def _body(page) -> str:
     return page.inner_text("body")
 
@@ -74,20 +82,14 @@ def test_browser_unauthenticated_sees_only_sign_in(lab_server, page):
 
 def test_browser_wrong_password_is_refused(lab_server, page):
     url = lab_server[0]
-    page.goto(f"{url}/data")
-    settle(page, timeout=120)
-    _sign_in(page, "ann", "not-her-password")
-    page.get_by_text("Not signed in: wrong user name or password").wait_for(timeout=30_000)
+    _open_as(page, f"{url}/data", "ann", "not-her-password", "Not signed in: wrong user name or password", 30_000)
     assert [h.inner_text().strip() for h in page.query_selector_all("h1")] == ["Sign in"]
     _shot(page, "access-2-wrong-password")
 
 
 def test_browser_b_cannot_open_a_job_by_deep_link(lab_server, page):
     url, _, dataset, job = lab_server
-    page.goto(f"{url}/jobs?job={job}")
-    settle(page, timeout=120)
-    _sign_in(page, "bo", PASSWORDS["bo"])
-    page.get_by_text(f"Not allowed: bo may not open job '{job}'").wait_for(timeout=60_000)
+    _open_as(page, f"{url}/jobs?job={job}", "bo", PASSWORDS["bo"], f"Not allowed: bo may not open job '{job}'")
     page.get_by_role("heading", name="Jobs", exact=True).wait_for()
     assert "Signed in as bo" in _body(page)
     assert "One job" not in _body(page)  # bo has no job of his own to show
@@ -96,10 +98,7 @@ def test_browser_b_cannot_open_a_job_by_deep_link(lab_server, page):
 
 def test_browser_b_cannot_see_a_dataset(lab_server, page):
     url, _, dataset, _ = lab_server
-    page.goto(f"{url}/data?dataset={dataset}")
-    settle(page, timeout=120)
-    _sign_in(page, "bo", PASSWORDS["bo"])
-    page.get_by_text("named in this link is not available to you").wait_for(timeout=60_000)
+    _open_as(page, f"{url}/data?dataset={dataset}", "bo", PASSWORDS["bo"], "named in this link is not available to you")
     body = _body(page)
     assert body.count("ann-secret") == body.count(dataset) == 1  # only the link's own id is echoed back
     assert "No datasets yet" in body
@@ -107,10 +106,7 @@ def test_browser_b_cannot_see_a_dataset(lab_server, page):
 
 def test_browser_owner_sees_own_job_and_signs_out(lab_server, page):
     url, _, _, job = lab_server
-    page.goto(f"{url}/jobs?job={job}")
-    settle(page, timeout=120)
-    _sign_in(page, "ann", PASSWORDS["ann"])
-    page.get_by_text("One job").wait_for(timeout=60_000)
+    _open_as(page, f"{url}/jobs?job={job}", "ann", PASSWORDS["ann"], "One job")
     assert "Not allowed" not in _body(page)
     page.get_by_role("button", name="Sign out").click()
     settle(page)
